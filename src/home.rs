@@ -1,0 +1,124 @@
+//! The runtime root (`~/.clawfarm` by default) and the paths inside it.
+//!
+//! ```text
+//! <home>/
+//!   secret.key              per-home HMAC key for param digests (0600)
+//!   apply.lock              applier lock (flock) so two applies serialize
+//!   events.jsonl            event log (JSON lines)
+//!   blobs/<sha256>          immutable content-addressed blobs (0444)
+//!   blobs/.tmp/             in-flight downloads
+//!   bundles/<digest>/       imported bundles: clawspec.json, claw/ payload, bundle.json
+//!   claws/<CLAWID>/         one folder per instance: record.json, lock, disk.qcow2,
+//!                           seed.img, qmp.sock, serial.log, qemu.log, status.log, volumes/
+//! ```
+//! See `rfc/004-on-disk-layout.md` for the full contract.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::fsutil;
+
+/// Environment variable that overrides the runtime root.
+pub const HOME_ENV: &str = "CLAWFARM_HOME";
+
+/// A runtime root. Cheap to clone; all paths are derived from `root`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// Use `root` as the runtime root (not created until [`Home::ensure`]).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Home { root: root.into() }
+    }
+
+    /// Resolve the root: explicit flag, then `$CLAWFARM_HOME`, then `~/.clawfarm`.
+    pub fn resolve(flag: Option<&Path>) -> io::Result<Self> {
+        if let Some(p) = flag {
+            return Ok(Home::new(p));
+        }
+        if let Some(p) = std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
+            return Ok(Home::new(PathBuf::from(p)));
+        }
+        let h = std::env::var_os("HOME").ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "neither --home, CLAWFARM_HOME nor HOME is set",
+            )
+        })?;
+        Ok(Home::new(PathBuf::from(h).join(".clawfarm")))
+    }
+
+    /// Create the root (0700) and its fixed sub-folders.
+    pub fn ensure(&self) -> io::Result<()> {
+        fsutil::create_dir_mode(&self.root, 0o700)?;
+        for d in [self.blobs_dir(), self.bundles_dir(), self.claws_dir()] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(())
+    }
+
+    /// The root itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `blobs/`.
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+    /// `blobs/<sha256>`.
+    pub fn blob(&self, sha256: &str) -> PathBuf {
+        self.blobs_dir().join(sha256)
+    }
+    /// `bundles/`.
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.root.join("bundles")
+    }
+    /// `bundles/<digest>/`.
+    pub fn bundle_dir(&self, digest: &str) -> PathBuf {
+        self.bundles_dir().join(digest)
+    }
+    /// `claws/`.
+    pub fn claws_dir(&self) -> PathBuf {
+        self.root.join("claws")
+    }
+    /// `claws/<CLAWID>/`.
+    pub fn claw_dir(&self, clawid: &str) -> PathBuf {
+        self.claws_dir().join(clawid)
+    }
+    /// `apply.lock`.
+    pub fn apply_lock(&self) -> PathBuf {
+        self.root.join("apply.lock")
+    }
+    /// `events.jsonl`.
+    pub fn events_log(&self) -> PathBuf {
+        self.root.join("events.jsonl")
+    }
+    /// `secret.key`.
+    pub fn secret_key_path(&self) -> PathBuf {
+        self.root.join("secret.key")
+    }
+
+    /// The per-home HMAC key for param digests, created (0600, 32 random bytes) on first use.
+    pub fn secret_key(&self) -> io::Result<Vec<u8>> {
+        let p = self.secret_key_path();
+        match std::fs::read(&p) {
+            Ok(k) if k.len() == 32 => Ok(k),
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a 32-byte key", p.display()),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.ensure()?;
+                let key: [u8; 32] = rand::random();
+                // create_new semantics via a temp + hard link would be overkill; two
+                // racing first uses each write a key, the rename makes one win, and both
+                // re-read it.
+                fsutil::write_atomic(&p, &key, 0o600)?;
+                std::fs::read(&p)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
