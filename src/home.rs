@@ -111,11 +111,18 @@ impl Home {
             )),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.ensure()?;
+                // Create-if-absent: write a temp file, then hard-link it into place. Of two
+                // racing first uses exactly one link succeeds, and both read the winner's key.
+                let tmp = self.root.join(format!(".secret.key.{}", std::process::id()));
                 let key: [u8; 32] = rand::random();
-                // create_new semantics via a temp + hard link would be overkill; two
-                // racing first uses each write a key, the rename makes one win, and both
-                // re-read it.
-                fsutil::write_atomic(&p, &key, 0o600)?;
+                fsutil::write_atomic(&tmp, &key, 0o600)?;
+                let linked = std::fs::hard_link(&tmp, &p);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => fsutil::sync_dir(&self.root)?,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
                 std::fs::read(&p)
             }
             Err(e) => Err(e),
