@@ -120,3 +120,31 @@ pub struct ProvisionStep {
     /// Script body.
     pub script: String,
 }
+
+// TEMP-STUB: replaced by the formats branch.
+impl ClawSpec {
+    /// Param by key.
+    pub fn param(&self, key: &str) -> Option<&Param> {
+        self.params().map(|(p, _)| p).find(|p| p.key == key)
+    }
+    /// Params, required first.
+    pub fn params(&self) -> impl Iterator<Item = (&Param, bool)> {
+        let b = &self.bootstrap.params;
+        b.required
+            .iter()
+            .map(|p| (p, true))
+            .chain(b.optional.iter().map(|p| (p, false)))
+    }
+}
+impl Validator {
+    /// Check a value.
+    pub fn check(&self, value: &str) -> Result<(), String> {
+        match self {
+            Validator::NonEmpty if value.trim().is_empty() => Err("must not be empty".into()),
+            Validator::Enum { values } if !values.iter().any(|v| v == value) => {
+                Err(format!("must be one of {}", values.join(", ")))
+            }
+            _ => Ok(()),
+        }
+    }
+}

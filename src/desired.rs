@@ -93,3 +93,337 @@ pub struct DesiredInstance {
     /// Volumes.
     pub volumes: Vec<Volume>,
 }
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use crate::clawspec::Param;
+use crate::digest::{keyed_digest, sha256_hex};
+use crate::home::Home;
+use crate::manifest::{Claw, ClawboxRef, Diagnostic, ParamSource};
+use crate::plan::Observed;
+
+/// The CLAWID of a manifest-managed instance: `<name>-<6 hex>`, derived from the name so
+/// that plans are deterministic and a crash between "create folder" and "write record"
+/// cannot leak a second folder for the same instance.
+pub fn clawid_for(name: &str) -> String {
+    format!(
+        "{name}-{}",
+        &sha256_hex(format!("clawfarm/v1:{name}").as_bytes())[..6]
+    )
+}
+
+/// Asks a person for a param value (only used when stdin and stderr are terminals).
+pub trait Prompter: Send + Sync {
+    /// Ask for `param` of `instance`; `None` when the person gives up.
+    fn prompt(&self, instance: &str, param: &Param, required: bool) -> Option<String>;
+}
+
+/// Identifies bundles for the loader; the real one is [`crate::bundle`], tests may stub it.
+#[async_trait::async_trait]
+pub trait BundleResolver: Send + Sync {
+    /// Identify the bundle a manifest names.
+    async fn resolve(&self, home: &Home, r: &ClawboxRef) -> anyhow::Result<BundleDesired>;
+}
+
+/// The desired state of a set of manifests.
+#[derive(Debug, Default)]
+pub struct Desired {
+    /// Instances, sorted by name.
+    pub instances: Vec<Arc<DesiredInstance>>,
+    /// Every problem found, `FILE:LINE:COL: message`, sorted.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Instance names that must not be deleted (their file or document had an error).
+    pub protected: BTreeSet<String>,
+    /// Manifest files read.
+    pub files: Vec<PathBuf>,
+}
+
+/// How params are looked up.
+pub struct ParamEnv<'a> {
+    /// Per-home HMAC key for digests.
+    pub key: &'a [u8],
+    /// Environment lookup (normally `std::env::var`).
+    pub env: &'a (dyn Fn(&str) -> Option<String> + Sync),
+    /// Interactive prompt, when allowed.
+    pub prompter: Option<&'a dyn Prompter>,
+}
+
+/// Load manifests from `paths` into a desired state.
+pub async fn load(
+    home: &Home,
+    paths: &[PathBuf],
+    resolver: &dyn BundleResolver,
+    penv: &ParamEnv<'_>,
+) -> Desired {
+    let lr = crate::manifest::load(paths);
+    let mut out = Desired {
+        diagnostics: lr.diagnostics,
+        files: lr.files,
+        ..Desired::default()
+    };
+    for f in &lr.bad_files {
+        if let Ok(text) = std::fs::read_to_string(f) {
+            for n in crate::manifest::names_in_file_best_effort(&text) {
+                out.protected.insert(n.clone());
+                for i in 0..64 {
+                    out.protected.insert(format!("{n}-{i}"));
+                }
+            }
+        }
+    }
+    let mut bundles: HashMap<ClawboxRef, Result<Arc<BundleDesired>, String>> = HashMap::new();
+    for claw in &lr.claws {
+        let b = match bundles.get(&claw.clawbox) {
+            Some(b) => b.clone(),
+            None => {
+                let b = resolver
+                    .resolve(home, &claw.clawbox)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| format!("{e:#}"));
+                bundles.insert(claw.clawbox.clone(), b.clone());
+                b
+            }
+        };
+        let bundle = match b {
+            Ok(b) => b,
+            Err(e) => {
+                out.diagnostics.push(Diagnostic {
+                    loc: claw.clawbox_loc.clone(),
+                    message: format!("cannot load clawbox: {e}"),
+                });
+                out.protected.extend(claw.instance_names());
+                continue;
+            }
+        };
+        match instances_of(claw, bundle, penv) {
+            Ok(v) => out.instances.extend(v.into_iter().map(Arc::new)),
+            Err(ds) => {
+                out.diagnostics.extend(ds);
+                out.protected.extend(claw.instance_names());
+            }
+        }
+    }
+    out.instances.sort_by(|a, b| a.name.cmp(&b.name));
+    out.diagnostics.sort();
+    out.diagnostics.dedup();
+    out
+}
+
+/// Resolve one param value in order: manifest literal (non-secret only), manifest
+/// reference, clawspec default (non-secret only), prompt.
+fn resolve_param(
+    claw: &Claw,
+    instance: &str,
+    p: &Param,
+    required: bool,
+    penv: &ParamEnv<'_>,
+) -> Result<Option<String>, String> {
+    match claw.params.get(&p.key) {
+        Some(ParamSource::Literal(_)) if p.secret => Err(format!(
+            "param {} is secret: a literal value is refused in a manifest (these folders \
+             live in git); use {{env: NAME}} or {{file: PATH}}",
+            p.key
+        )),
+        Some(ParamSource::Literal(v)) => Ok(Some(v.clone())),
+        Some(ParamSource::Env(name)) => match (penv.env)(name) {
+            Some(v) => Ok(Some(v)),
+            None if required => Err(format!(
+                "param {}: environment variable {name} is not set",
+                p.key
+            )),
+            None => Ok(None),
+        },
+        Some(ParamSource::File(path)) => match std::fs::read_to_string(path) {
+            Ok(mut v) => {
+                if v.ends_with('\n') {
+                    v.pop();
+                    if v.ends_with('\r') {
+                        v.pop();
+                    }
+                }
+                Ok(Some(v))
+            }
+            Err(e) => Err(format!(
+                "param {}: cannot read {}: {e}",
+                p.key,
+                path.display()
+            )),
+        },
+        None => {
+            if let (Some(d), false) = (&p.default, p.secret) {
+                return Ok(Some(d.clone()));
+            }
+            if let Some(pr) = penv.prompter {
+                if let Some(v) = pr.prompt(instance, p, required) {
+                    return Ok(Some(v));
+                }
+            }
+            if required {
+                Err(format!(
+                    "required param {} ({}) is not set: add `{}: {}` under spec.params",
+                    p.key,
+                    p.label,
+                    p.key,
+                    if p.secret {
+                        format!("{{env: {}}}", p.key)
+                    } else {
+                        "<value>".to_string()
+                    }
+                ))
+            } else {
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Expand one manifest document into its instances, resolving params against the
+/// bundle's clawspec. All problems of the document are returned together.
+pub fn instances_of(
+    claw: &Claw,
+    bundle: Arc<BundleDesired>,
+    penv: &ParamEnv<'_>,
+) -> Result<Vec<DesiredInstance>, Vec<Diagnostic>> {
+    let spec = &bundle.clawspec;
+    let mut diags = Vec::new();
+    let diag = |key: Option<&str>, message: String| Diagnostic {
+        loc: key
+            .and_then(|k| claw.param_locs.get(k))
+            .cloned()
+            .unwrap_or_else(|| claw.loc.clone()),
+        message,
+    };
+    for k in claw.params.keys() {
+        if spec.param(k).is_none() {
+            diags.push(diag(
+                Some(k),
+                format!("param {k} is not defined by clawspec {:?}", spec.name),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for name in claw.instance_names() {
+        let mut params = Vec::new();
+        for (p, required) in spec.params() {
+            match resolve_param(claw, &name, p, required, penv) {
+                Ok(Some(v)) => {
+                    if let Some(val) = &p.validator {
+                        if let Err(why) = val.check(&v) {
+                            diags.push(diag(Some(&p.key), format!("param {}: {why}", p.key)));
+                            continue;
+                        }
+                    }
+                    params.push(ResolvedParam {
+                        key: p.key.clone(),
+                        digest: keyed_digest(penv.key, &p.key, &v),
+                        value: Secret::new(v),
+                        secret: p.secret,
+                    });
+                }
+                Ok(None) => {}
+                Err(m) => diags.push(diag(Some(&p.key), m)),
+            }
+        }
+        let resources = Resources {
+            cpus: claw.cpus,
+            memory_mib: claw.memory_mib,
+            ports: if claw.replicas > 1 {
+                // Replicas cannot share host ports; refuse rather than guess.
+                if !claw.ports.is_empty() {
+                    diags.push(diag(
+                        None,
+                        "spec.ports cannot be used with replicas > 1 (host ports would clash)"
+                            .into(),
+                    ));
+                }
+                Vec::new()
+            } else {
+                claw.ports.clone()
+            },
+        };
+        out.push(DesiredInstance {
+            clawid: clawid_for(&name),
+            name,
+            loc: claw.loc.clone(),
+            state: claw.state,
+            build: BuildSpec {
+                bundle: bundle.digest.clone(),
+                params: params
+                    .iter()
+                    .map(|p| (p.key.clone(), p.digest.clone()))
+                    .collect(),
+                volumes: claw.volumes.clone(),
+            },
+            bundle: bundle.clone(),
+            resources,
+            params,
+            volumes: claw.volumes.clone(),
+        });
+    }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        diags.sort();
+        diags.dedup();
+        Err(diags)
+    }
+}
+
+/// Host-port problems, found at plan time: a port claimed by two instances (naming both),
+/// or taken on 127.0.0.1 by a process that is not one of our running instances.
+/// Instances with a problem are removed from `desired` and protected.
+pub fn check_ports(desired: &mut Desired, actual: &[Observed]) {
+    let mut owner: BTreeMap<u16, &DesiredInstance> = BTreeMap::new();
+    let mut bad: BTreeSet<String> = BTreeSet::new();
+    let mut diags = Vec::new();
+    for d in &desired.instances {
+        for p in &d.resources.ports {
+            if let Some(o) = owner.get(&p.host) {
+                diags.push(Diagnostic {
+                    loc: d.loc.clone(),
+                    message: format!(
+                        "host port {} of {} is also claimed by {} ({})",
+                        p.host, d.name, o.name, o.loc
+                    ),
+                });
+                bad.insert(d.name.clone());
+            } else {
+                owner.insert(p.host, d);
+            }
+        }
+    }
+    // Ports held by our own running VMs are expected to be busy.
+    let ours: BTreeSet<u16> = actual
+        .iter()
+        .filter(|o| o.is_running())
+        .flat_map(|o| o.record.resources.ports.iter().map(|p| p.host))
+        .collect();
+    for (port, d) in &owner {
+        if ours.contains(port) || bad.contains(&d.name) {
+            continue;
+        }
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", *port)) {
+            diags.push(Diagnostic {
+                loc: d.loc.clone(),
+                message: format!(
+                    "host port {port} of {} is already in use on 127.0.0.1 ({e})",
+                    d.name
+                ),
+            });
+            bad.insert(d.name.clone());
+        }
+    }
+    if !bad.is_empty() {
+        desired.instances.retain(|d| !bad.contains(&d.name));
+        desired.protected.extend(bad);
+    }
+    desired.diagnostics.extend(diags);
+    desired.diagnostics.sort();
+}
+
+/// True when `p` looks like a path the bundle module should inspect.
+pub fn is_local(p: &Path) -> bool {
+    p.is_absolute()
+}

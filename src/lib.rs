@@ -18,6 +18,8 @@ pub mod cli;
 pub mod desired;
 pub mod digest;
 pub mod driver;
+pub mod engine;
+pub mod events;
 pub mod exec;
 pub mod fsutil;
 pub mod home;

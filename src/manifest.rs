@@ -146,3 +146,25 @@ impl Claw {
 pub const DEFAULT_CPUS: u32 = 1;
 /// Default `spec.memory` in MiB.
 pub const DEFAULT_MEMORY_MIB: u64 = 1024;
+
+// TEMP-STUB: replaced by the formats branch.
+/// Result of [`load`].
+#[derive(Debug, Default)]
+pub struct LoadResult {
+    /// Good documents.
+    pub claws: Vec<Claw>,
+    /// Problems.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Files read.
+    pub files: Vec<PathBuf>,
+    /// Files with errors.
+    pub bad_files: std::collections::BTreeSet<PathBuf>,
+}
+/// Load manifests.
+pub fn load(_paths: &[PathBuf]) -> LoadResult {
+    LoadResult::default()
+}
+/// Names in a broken file.
+pub fn names_in_file_best_effort(_text: &str) -> Vec<String> {
+    Vec::new()
+}

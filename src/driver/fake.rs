@@ -1,1 +1,279 @@
-//! placeholder
+//! A recording fake driver for fast tests. It keeps its "VMs" as small files in the
+//! instance folders, so it behaves the same across processes (two concurrent `apply`
+//! processes, a rerun after `kill -9`), and it records every call in order.
+//!
+//! Selected in the binary with `CLAWFARM_DRIVER=fake` (tests only). Failure injection:
+//! `CLAWFARM_FAKE_FAIL=verb:clawid-or-name-prefix[,…]` makes that action fail, and
+//! `CLAWFARM_FAKE_DELAY_MS=N` makes every action take N ms (for crash tests).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{Driver, DriverError, GuestHealth, Liveness};
+use crate::clawspec::Image;
+use crate::desired::{BundleDesired, DesiredInstance};
+use crate::fsutil::write_atomic;
+use crate::home::Home;
+use crate::record::{ProcessId, Record, Runtime};
+
+/// The fake VM state file in an instance folder.
+const VM_FILE: &str = "fake-vm.json";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct FakeVm {
+    running: bool,
+    /// Stands in for the QEMU process start time; bumps on every start.
+    boot: u64,
+}
+
+/// The fake driver.
+#[derive(Debug)]
+pub struct FakeDriver {
+    home: Home,
+    calls: Mutex<Vec<String>>,
+    fail: Mutex<Vec<(String, String)>>,
+    delay: Duration,
+    unhealthy: Mutex<Vec<String>>,
+}
+
+impl FakeDriver {
+    /// A fake over `home`, configured from `CLAWFARM_FAKE_FAIL` / `CLAWFARM_FAKE_DELAY_MS`.
+    pub fn new(home: Home) -> Self {
+        let fail = std::env::var("CLAWFARM_FAKE_FAIL")
+            .ok()
+            .map(|s| parse_fail(&s))
+            .unwrap_or_default();
+        let delay = std::env::var("CLAWFARM_FAKE_DELAY_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or_default();
+        FakeDriver {
+            home,
+            calls: Mutex::new(Vec::new()),
+            fail: Mutex::new(fail),
+            delay,
+            unhealthy: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Make `verb` (e.g. `write-seed`) fail for instances whose CLAWID starts with `prefix`.
+    pub fn fail_on(&self, verb: &str, prefix: &str) {
+        self.fail
+            .lock()
+            .expect("lock")
+            .push((verb.into(), prefix.into()));
+    }
+
+    /// Stop failing.
+    pub fn clear_failures(&self) {
+        self.fail.lock().expect("lock").clear();
+    }
+
+    /// Make the guest of instances whose CLAWID starts with `prefix` report a failed phase.
+    pub fn make_unhealthy(&self, prefix: &str) {
+        self.unhealthy.lock().expect("lock").push(prefix.into());
+    }
+
+    /// Every call so far, e.g. `create-disk demo-a-1b2c3d`, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("lock").clone()
+    }
+
+    /// Simulate a VM crash (what `kill -9` of QEMU does): the VM is no longer running.
+    pub fn crash(home: &Home, clawid: &str) -> std::io::Result<()> {
+        let p = home.claw_dir(clawid).join(VM_FILE);
+        let mut vm: FakeVm = std::fs::read(&p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        vm.running = false;
+        write_atomic(&p, &serde_json::to_vec(&vm)?, 0o600)
+    }
+
+    async fn enter(&self, verb: &str, target: &str) -> Result<(), DriverError> {
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(format!("{verb} {target}"));
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let fail = self
+            .fail
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(v, p)| v == verb && target.starts_with(p.as_str()));
+        if fail {
+            bail!("injected failure of {verb} {target}");
+        }
+        Ok(())
+    }
+
+    fn dir(&self, clawid: &str) -> PathBuf {
+        self.home.claw_dir(clawid)
+    }
+
+    fn vm(&self, clawid: &str) -> Option<FakeVm> {
+        let b = std::fs::read(self.dir(clawid).join(VM_FILE)).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    fn set_vm(&self, clawid: &str, vm: &FakeVm) -> Result<(), DriverError> {
+        let p = self.dir(clawid).join(VM_FILE);
+        write_atomic(&p, &serde_json::to_vec(vm)?, 0o600)
+            .with_context(|| format!("cannot write {}", p.display()))
+    }
+}
+
+fn parse_fail(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|item| {
+            let (v, p) = item.split_once(':')?;
+            Some((v.trim().to_string(), p.trim().to_string()))
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Driver for FakeDriver {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn import_bundle(&self, bundle: &BundleDesired) -> Result<(), DriverError> {
+        self.enter("import-bundle", &bundle.digest).await?;
+        let dir = self.home.bundle_dir(&bundle.digest);
+        std::fs::create_dir_all(&dir)?;
+        write_atomic(
+            &dir.join("clawspec.json"),
+            serde_json::to_string(&*bundle.clawspec)?.as_bytes(),
+            0o644,
+        )?;
+        Ok(())
+    }
+
+    async fn fetch_blob(&self, image: &Image) -> Result<(), DriverError> {
+        self.enter("fetch-blob", &image.sha256).await?;
+        let p = self.home.blob(&image.sha256);
+        if !p.exists() {
+            std::fs::create_dir_all(self.home.blobs_dir())?;
+            write_atomic(&p, image.reference.as_bytes(), 0o444)?;
+        }
+        Ok(())
+    }
+
+    async fn create_disk(&self, inst: &DesiredInstance) -> Result<(), DriverError> {
+        self.enter("create-disk", &inst.clawid).await?;
+        let dir = self.dir(&inst.clawid);
+        std::fs::create_dir_all(&dir)?;
+        let disk = dir.join("disk.fake");
+        if !disk.exists() {
+            write_atomic(&disk, inst.build.bundle.as_bytes(), 0o600)?;
+        }
+        Ok(())
+    }
+
+    async fn write_seed(&self, inst: &DesiredInstance) -> Result<(), DriverError> {
+        self.enter("write-seed", &inst.clawid).await?;
+        // The fake seed holds digests, like a record; the real seed holds values.
+        let content = serde_json::to_vec(&inst.build)?;
+        write_atomic(&self.dir(&inst.clawid).join("seed.fake"), &content, 0o600)?;
+        Ok(())
+    }
+
+    async fn start(&self, rec: &Record) -> Result<Runtime, DriverError> {
+        self.enter("start", &rec.clawid).await?;
+        if !self.dir(&rec.clawid).join("disk.fake").exists() {
+            bail!("instance {} has no disk", rec.clawid);
+        }
+        let mut vm = self.vm(&rec.clawid).unwrap_or_default();
+        if !vm.running {
+            vm.running = true;
+            vm.boot += 1;
+            self.set_vm(&rec.clawid, &vm)?;
+        }
+        Ok(Runtime {
+            process: Some(ProcessId {
+                pid: 0,
+                start_time: vm.boot,
+            }),
+            boot_nonce: Some(format!("fake-{}", vm.boot)),
+            accel: Some("fake".into()),
+            ssh_port: None,
+            started_at: Some(SystemTime::now()),
+        })
+    }
+
+    async fn wait_ready(&self, rec: &Record) -> Result<(), DriverError> {
+        self.enter("wait-ready", &rec.clawid).await?;
+        match self.guest_health(rec) {
+            GuestHealth::Ready => Ok(()),
+            GuestHealth::Unhealthy { phase, code, .. } => {
+                bail!("guest phase {phase} failed with exit code {code}")
+            }
+            GuestHealth::Booting { .. } => bail!("instance {} is not running", rec.clawid),
+        }
+    }
+
+    async fn stop(&self, rec: &Record) -> Result<(), DriverError> {
+        self.enter("stop", &rec.clawid).await?;
+        if let Some(mut vm) = self.vm(&rec.clawid) {
+            if vm.running {
+                vm.running = false;
+                self.set_vm(&rec.clawid, &vm)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, clawid: &str, _purge: bool) -> Result<(), DriverError> {
+        self.enter("remove", clawid).await?;
+        if self.vm(clawid).is_some_and(|vm| vm.running) {
+            bail!("instance {clawid} is still running");
+        }
+        match std::fs::remove_dir_all(self.dir(clawid)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn probe(&self, rec: &Record) -> Liveness {
+        match self.vm(&rec.clawid) {
+            Some(vm) if vm.running => Liveness::Running(ProcessId {
+                pid: 0,
+                start_time: vm.boot,
+            }),
+            Some(_) if rec.runtime.process.is_some() => Liveness::Exited,
+            _ => Liveness::NotStarted,
+        }
+    }
+
+    fn guest_health(&self, rec: &Record) -> GuestHealth {
+        if !self.vm(&rec.clawid).is_some_and(|vm| vm.running) {
+            return GuestHealth::Booting { last: None };
+        }
+        let bad = self
+            .unhealthy
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|p| rec.clawid.starts_with(p.as_str()));
+        if bad {
+            GuestHealth::Unhealthy {
+                phase: "provision[0]".into(),
+                code: 3,
+                tail: "injected".into(),
+            }
+        } else {
+            GuestHealth::Ready
+        }
+    }
+}
