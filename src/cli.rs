@@ -1,6 +1,718 @@
-//! placeholder
+//! The `clawfarm` command line: thin verbs over the library.
+//!
+//! `main` → [`run`] → `ExitCode`. Errors are printed once, as the whole chain
+//! (`error: outer: inner: cause`), by `main`; verbs never print an error and return it too.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::desired::{self, Desired, ParamEnv, gateway_port};
+use crate::driver::fake::FakeDriver;
+use crate::driver::{Driver, GuestHealth, Liveness};
+use crate::engine::{self, PassOptions};
+use crate::events::{Event, EventSink};
+use crate::exec::ExecOptions;
+use crate::home::Home;
+use crate::lock;
+use crate::plan::{Observed, PlanOptions};
+use crate::record::{Origin, Phase, Record};
+use crate::resolve::StoreResolver;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// For people.
+    #[default]
+    Text,
+    /// For machines (stdout holds exactly one JSON document).
+    Json,
+}
+
+/// Log format on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// JSON lines (for journald and friends).
+    Json,
+}
+
+/// clawfarm: make this host's agent VMs match a folder of YAML manifests.
+#[derive(Debug, Parser)]
+#[command(name = "clawfarm", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Runtime root (default: $CLAWFARM_HOME, else ~/.clawfarm).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    pub log_format: LogFormat,
+    /// The verb.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Manifest inputs and plan options shared by `plan` and `apply`.
+#[derive(Debug, Args, Clone)]
+pub struct PlanArgs {
+    /// Manifest files or folders (searched recursively for .yaml, .yml, .json).
+    #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+    pub files: Vec<PathBuf>,
+    /// Delete instances created by apply whose manifest is gone.
+    #[arg(long)]
+    pub prune: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check manifests and the clawspecs they reference (exit 0 valid, 1 invalid).
+    Validate {
+        /// Manifest files or folders.
+        #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+        files: Vec<PathBuf>,
+    },
+    /// Show what apply would change; changes nothing (exit 0 none, 2 pending, 1 error).
+    Plan(PlanArgs),
+    /// Make the host match the manifests, once (exit 0 all succeeded, 1 otherwise).
+    Apply {
+        /// Inputs and plan options.
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Actions run at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallelism: u16,
+        /// Do not wait for guests to become ready.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for another apply's lock (e.g. 0, 30s; default: forever).
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        lock_timeout: Option<Duration>,
+    },
+    /// List instances, including unhealthy and exited ones.
+    Ps {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Stop an instance (graceful, then forced).
+    Stop {
+        /// CLAWID, name, or unique CLAWID prefix.
+        id: String,
+    },
+    /// Start a stopped instance.
+    Start {
+        /// CLAWID, name, or unique CLAWID prefix.
+        id: String,
+        /// Do not wait for the guest to become ready.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Remove an instance (its volumes are kept unless --purge).
+    Rm {
+        /// Stop it first if it is running.
+        #[arg(short, long)]
+        force: bool,
+        /// Also delete its volumes.
+        #[arg(long)]
+        purge: bool,
+        /// CLAWID, name, or unique CLAWID prefix.
+        id: String,
+    },
+    /// Print the JSON Schema of the manifest format (for editors).
+    Schema,
+    /// Print shell completions.
+    Completions {
+        /// Shell.
+        shell: clap_complete::Shell,
+    },
+    /// Show the event log.
+    Events {
+        /// Only this instance (CLAWID or name prefix).
+        name: Option<String>,
+    },
+}
 
 /// Entry point of the `clawfarm` binary.
 pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(fmt: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLAWFARM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match fmt {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// The driver for this home: the fake when `CLAWFARM_DRIVER=fake` (tests), else QEMU.
+pub fn make_driver(home: &Home) -> anyhow::Result<Arc<dyn Driver>> {
+    match std::env::var("CLAWFARM_DRIVER").as_deref() {
+        Ok("fake") => Ok(Arc::new(FakeDriver::new(home.clone()))),
+        Ok("qemu") | Err(_) => bail!("the QEMU driver is not built yet; set CLAWFARM_DRIVER=fake"),
+        Ok(other) => bail!("unknown CLAWFARM_DRIVER {other:?} (expected qemu or fake)"),
+    }
+}
+
+fn param_env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Load the desired state of `files` (all errors collected, never the first only).
+pub async fn load_desired(home: &Home, files: &[PathBuf]) -> anyhow::Result<Desired> {
+    let key = home
+        .secret_key()
+        .context("cannot read the param digest key")?;
+    let penv = ParamEnv {
+        key: &key,
+        env: &param_env_lookup,
+        prompter: None,
+    };
+    Ok(desired::load(home, files, &StoreResolver, &penv).await)
+}
+
+/// Run one parsed command; returns the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let home = Home::resolve(cli.home.as_deref()).context("cannot find the runtime root")?;
+    match cli.command {
+        Command::Validate { files } => validate(&home, &files),
+        Command::Plan(args) => plan_cmd(&home, &args),
+        Command::Apply {
+            plan,
+            parallelism,
+            no_wait,
+            lock_timeout,
+        } => apply(&home, &plan, parallelism.into(), !no_wait, lock_timeout),
+        Command::Ps { output } => ps(&home, output),
+        Command::Stop { id } => stop(&home, &id),
+        Command::Start { id, no_wait } => start(&home, &id, !no_wait),
+        Command::Rm { force, purge, id } => rm(&home, &id, force, purge),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::manifest::json_schema())?
+            );
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "clawfarm",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Command::Events { name } => events(&home, name.as_deref()),
+    }
+}
+
+fn print_diagnostics(d: &Desired) {
+    for x in &d.diagnostics {
+        eprintln!("{x}");
+    }
+}
+
+fn validate(home: &Home, files: &[PathBuf]) -> anyhow::Result<u8> {
+    home.ensure()
+        .with_context(|| format!("cannot create {}", home.root().display()))?;
+    let d = runtime()?.block_on(load_desired(home, files))?;
+    print_diagnostics(&d);
+    if d.diagnostics.is_empty() {
+        eprintln!(
+            "{} manifest file(s), {} instance(s): valid",
+            d.files.len(),
+            d.instances.len()
+        );
+        Ok(0)
+    } else {
+        eprintln!("{} problem(s) found", d.diagnostics.len());
+        Ok(1)
+    }
+}
+
+fn plan_cmd(home: &Home, args: &PlanArgs) -> anyhow::Result<u8> {
+    home.ensure()
+        .with_context(|| format!("cannot create {}", home.root().display()))?;
+    let driver = make_driver(home)?;
+    let mut d = runtime()?.block_on(load_desired(home, &args.files))?;
+    let (actual, _) = crate::observe::observe(home, &*driver);
+    desired::check_ports(&mut d, &actual);
+    print_diagnostics(&d);
+    let opts = PlanOptions {
+        prune: args.prune,
+        protected: d.protected.clone(),
+    };
+    let (p, _, rec_errors) = engine::plan_pass(home, &*driver, &d.instances, &opts);
+    for e in &rec_errors {
+        eprintln!("warning: {}", error_chain(e));
+    }
+    match args.output {
+        Output::Text => print!("{}", p.render()),
+        Output::Json => {
+            let mut v = p.to_json();
+            v["diagnostics"] = serde_json::to_value(&d.diagnostics)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+    }
+    Ok(if !d.diagnostics.is_empty() {
+        1
+    } else if p.is_empty() {
+        0
+    } else {
+        2
+    })
+}
+
+/// Take the applier lock of `home`, telling the user whom we wait for.
+pub fn apply_lock(home: &Home, timeout: Option<Duration>) -> anyhow::Result<lock::FileLock> {
+    let l = lock::lock(
+        &home.apply_lock(),
+        &format!("the apply lock of {}", home.root().display()),
+        timeout,
+        |holder| eprintln!("waiting for the apply lock held by {holder} ..."),
+    )?;
+    Ok(l)
+}
+
+/// An event sink that logs to `events.jsonl` and echoes progress to stderr.
+pub fn progress_sink(home: &Home) -> EventSink {
+    let t0 = Instant::now();
+    EventSink::to_file(home.events_log()).with_echo(move |e: &Event| {
+        if e.result == "started" && e.action == "wait-ready" {
+            eprintln!(
+                "[{:>6.1}s] {} waiting for the guest to become ready",
+                t0.elapsed().as_secs_f64(),
+                e.instance
+            );
+        } else if e.result != "started" {
+            eprintln!(
+                "[{:>6.1}s] {} {} {}{}",
+                t0.elapsed().as_secs_f64(),
+                e.instance,
+                e.action,
+                e.result,
+                if e.result == "failed" {
+                    format!(": {}", e.message)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    })
+}
+
+fn apply(
+    home: &Home,
+    args: &PlanArgs,
+    parallelism: usize,
+    wait: bool,
+    lock_timeout: Option<Duration>,
+) -> anyhow::Result<u8> {
+    home.ensure()
+        .with_context(|| format!("cannot create {}", home.root().display()))?;
+    let driver = make_driver(home)?;
+    let _lock = apply_lock(home, lock_timeout)?;
+    let rt = runtime()?;
+    let mut d = rt.block_on(load_desired(home, &args.files))?;
+    let (actual, _) = crate::observe::observe(home, &*driver);
+    desired::check_ports(&mut d, &actual);
+    print_diagnostics(&d);
+    let opts = PassOptions {
+        plan: PlanOptions {
+            prune: args.prune,
+            protected: d.protected.clone(),
+        },
+        exec: ExecOptions {
+            parallelism,
+            wait,
+            stop_after: None,
+            lock_timeout: None,
+        },
+    };
+    let out = rt.block_on(engine::reconcile(
+        home,
+        driver,
+        &d.instances,
+        Origin::Manifest,
+        progress_sink(home),
+        &opts,
+    ));
+    let ok = out.report.ok() && d.diagnostics.is_empty();
+    match args.output {
+        Output::Text => {
+            if out.plan.is_empty() {
+                eprint!("{}", out.plan.render());
+            }
+            for (action, err) in out.report.root_failures() {
+                eprintln!("failed: {action}: {err}");
+            }
+            println!("{}", out.report.summary());
+        }
+        Output::Json => {
+            let v = serde_json::json!({
+                "ok": ok,
+                "summary": out.report.summary(),
+                "changes": out.report.changes,
+                "nodes": out.report.nodes,
+                "diagnostics": d.diagnostics,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// One row of `ps`.
+#[derive(Debug, serde::Serialize)]
+pub struct PsRow {
+    /// CLAWID.
+    pub clawid: String,
+    /// Instance name.
+    pub name: String,
+    /// booting | ready | unhealthy | stopped | exited | creating | failed.
+    pub status: String,
+    /// `127.0.0.1:PORT` of the gateway, if any.
+    pub gateway: Option<String>,
+    /// QEMU pid when running.
+    pub pid: Option<u32>,
+    /// Last record update.
+    #[serde(with = "crate::record::rfc3339")]
+    pub updated: SystemTime,
+    /// Last error (failed phase, exit code, log tail for unhealthy guests).
+    pub last_error: Option<String>,
+    /// Accelerator.
+    pub accel: Option<String>,
+    /// Restarts after unexpected exits.
+    pub restarts: u32,
+}
+
+/// Status of one observed instance, with the guest's own report when it runs.
+pub fn status_of(driver: &dyn Driver, o: &Observed) -> (String, Option<String>) {
+    let r = &o.record;
+    match &o.live {
+        Liveness::Running(_) => match driver.guest_health(r) {
+            GuestHealth::Ready => ("ready".into(), r.last_error.clone()),
+            GuestHealth::Booting { .. } if r.phase == Phase::Unhealthy => {
+                ("unhealthy".into(), r.last_error.clone())
+            }
+            GuestHealth::Booting { last } => {
+                ("booting".into(), last.map(|l| format!("last phase: {l}")))
+            }
+            GuestHealth::Unhealthy { phase, code, tail } => (
+                "unhealthy".into(),
+                Some(format!("{phase} failed (exit {code}){}", last_line(&tail))),
+            ),
+        },
+        Liveness::Exited => ("exited".into(), r.last_error.clone()),
+        Liveness::NotStarted => (
+            match r.phase {
+                Phase::Creating => "creating",
+                Phase::Failed => "failed",
+                _ => "stopped",
+            }
+            .into(),
+            r.last_error.clone(),
+        ),
+    }
+}
+
+fn last_line(tail: &str) -> String {
+    tail.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| format!(": {}", l.trim()))
+        .unwrap_or_default()
+}
+
+fn ago(t: SystemTime) -> String {
+    let s = SystemTime::now()
+        .duration_since(t)
+        .unwrap_or_default()
+        .as_secs();
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+fn ps(home: &Home, output: Output) -> anyhow::Result<u8> {
+    let driver = make_driver(home)?;
+    let (actual, errors) = crate::observe::observe(home, &*driver);
+    let rows: Vec<PsRow> = actual
+        .iter()
+        .map(|o| {
+            let (status, last_error) = status_of(&*driver, o);
+            let r = &o.record;
+            PsRow {
+                clawid: r.clawid.clone(),
+                name: r.name.clone(),
+                status,
+                gateway: gateway_port(&r.resources).map(|p| format!("127.0.0.1:{}", p.host)),
+                pid: match o.live {
+                    Liveness::Running(ref p) if p.pid != 0 => Some(p.pid),
+                    _ => None,
+                },
+                updated: r.updated_at,
+                last_error,
+                accel: r.runtime.accel.clone(),
+                restarts: r.restart_count,
+            }
+        })
+        .collect();
+    for e in &errors {
+        eprintln!("warning: {}", error_chain(e));
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Text => {
+            let mut t = vec![
+                [
+                    "CLAWID",
+                    "NAME",
+                    "STATUS",
+                    "GATEWAY",
+                    "PID",
+                    "UPDATED",
+                    "LAST_ERROR",
+                ]
+                .map(String::from),
+            ];
+            for r in &rows {
+                let mut err = r.last_error.clone().unwrap_or_default().replace('\n', " ");
+                if err.chars().count() > 80 {
+                    err = err.chars().take(77).collect::<String>() + "...";
+                }
+                t.push([
+                    r.clawid.clone(),
+                    r.name.clone(),
+                    r.status.clone(),
+                    r.gateway.clone().unwrap_or_else(|| "-".into()),
+                    r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    ago(r.updated),
+                    err,
+                ]);
+            }
+            print_table(&t);
+        }
+    }
+    Ok(0)
+}
+
+fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut w = [0usize; N];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<width$}   ", width = w[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+/// Find one record by CLAWID, name, or unique CLAWID prefix.
+pub fn find_record(home: &Home, id: &str) -> anyhow::Result<Record> {
+    let (recs, _) = Record::read_all(home);
+    if let Some(r) = recs.iter().find(|r| r.clawid == id) {
+        return Ok(r.clone());
+    }
+    let by_name: Vec<&Record> = recs.iter().filter(|r| r.name == id).collect();
+    if by_name.len() == 1 {
+        return Ok(by_name[0].clone());
+    }
+    let by_prefix: Vec<&Record> = recs.iter().filter(|r| r.clawid.starts_with(id)).collect();
+    match by_prefix.len() {
+        1 => Ok(by_prefix[0].clone()),
+        0 => bail!("no instance {id:?} (see clawfarm ps)"),
+        _ => bail!(
+            "{id:?} matches {} instances: {}",
+            by_prefix.len(),
+            by_prefix
+                .iter()
+                .map(|r| r.clawid.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn locked_record(home: &Home, id: &str) -> anyhow::Result<(lock::FileLock, Record)> {
+    let r = find_record(home, id)?;
+    let l = lock::lock(
+        &lock::instance_lock_path(home, &r.clawid),
+        &format!("the lock of instance {}", r.clawid),
+        None,
+        |h| eprintln!("waiting for instance {} (held by {h}) ...", r.clawid),
+    )?;
+    // Re-read under the lock: another command may have changed it.
+    let r = Record::read(&Record::path(home, &r.clawid))?;
+    Ok((l, r))
+}
+
+fn stop(home: &Home, id: &str) -> anyhow::Result<u8> {
+    let driver = make_driver(home)?;
+    let (_l, mut r) = locked_record(home, id)?;
+    let events = EventSink::to_file(home.events_log());
+    runtime()?.block_on(driver.stop(&r))?;
+    r.phase = Phase::Stopped;
+    r.runtime.process = None;
+    r.set_condition("Ready", "false", "Stopped", "stopped by clawfarm stop");
+    r.updated_at = SystemTime::now();
+    r.write(home)?;
+    events.emit(Event::new(&r.clawid, "stop", "ok", "clawfarm stop".into()));
+    println!("{} stopped", r.clawid);
+    Ok(0)
+}
+
+fn start(home: &Home, id: &str, wait: bool) -> anyhow::Result<u8> {
+    let driver = make_driver(home)?;
+    let (_l, mut r) = locked_record(home, id)?;
+    let events = EventSink::to_file(home.events_log());
+    let rt = runtime()?;
+    if r.phase == Phase::Creating {
+        bail!(
+            "instance {} was never fully created; run clawfarm apply to finish it",
+            r.clawid
+        );
+    }
+    let runtime_info = rt.block_on(driver.start(&r))?;
+    r.runtime = runtime_info;
+    r.phase = Phase::Booting;
+    r.last_error = None;
+    r.updated_at = SystemTime::now();
+    r.write(home)?;
+    events.emit(Event::new(
+        &r.clawid,
+        "start",
+        "ok",
+        "clawfarm start".into(),
+    ));
+    if wait {
+        eprintln!(
+            "{} started; waiting for the guest to become ready",
+            r.clawid
+        );
+        match rt.block_on(driver.wait_ready(&r)) {
+            Ok(()) => {
+                r.phase = Phase::Ready;
+                r.set_condition(
+                    "Ready",
+                    "true",
+                    "GuestReady",
+                    "every bootstrap phase succeeded",
+                );
+            }
+            Err(e) => {
+                r.phase = Phase::Unhealthy;
+                r.last_error = Some(format!("wait-ready: {e:#}"));
+                r.updated_at = SystemTime::now();
+                r.write(home)?;
+                return Err(e.context(format!("{} did not become ready", r.clawid)));
+            }
+        }
+        r.updated_at = SystemTime::now();
+        r.write(home)?;
+    }
+    println!("{} {}", r.clawid, if wait { "ready" } else { "started" });
+    Ok(0)
+}
+
+fn rm(home: &Home, id: &str, force: bool, purge: bool) -> anyhow::Result<u8> {
+    let driver = make_driver(home)?;
+    let (_l, r) = locked_record(home, id)?;
+    let rt = runtime()?;
+    if let Liveness::Running(_) = driver.probe(&r) {
+        if !force {
+            bail!(
+                "instance {} is running; stop it first or use rm -f",
+                r.clawid
+            );
+        }
+        rt.block_on(driver.stop(&r))?;
+    }
+    rt.block_on(driver.remove(&r.clawid, purge))?;
+    EventSink::to_file(home.events_log()).emit(Event::new(
+        &r.clawid,
+        "remove",
+        "ok",
+        format!("clawfarm rm{}", if purge { " --purge" } else { "" }),
+    ));
+    println!("{} removed", r.clawid);
+    Ok(0)
+}
+
+fn events(home: &Home, name: Option<&str>) -> anyhow::Result<u8> {
+    let all = crate::events::read(&home.events_log())
+        .with_context(|| format!("cannot read {}", home.events_log().display()))?;
+    for e in all
+        .iter()
+        .filter(|e| name.is_none_or(|n| e.instance.starts_with(n)))
+    {
+        println!(
+            "{}  {:<20} {:<12} {:<8} {}",
+            humantime::format_rfc3339_seconds(e.time),
+            e.instance,
+            e.action,
+            e.result,
+            e.message
+        );
+    }
+    Ok(0)
+}
+
+/// True when both stdin and stderr are terminals (prompts are allowed).
+pub fn interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// `outer: inner: cause` for any error, each level once.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
 }

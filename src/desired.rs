@@ -255,10 +255,10 @@ fn resolve_param(
             if let (Some(d), false) = (&p.default, p.secret) {
                 return Ok(Some(d.clone()));
             }
-            if let Some(pr) = penv.prompter {
-                if let Some(v) = pr.prompt(instance, p, required) {
-                    return Ok(Some(v));
-                }
+            if let Some(pr) = penv.prompter
+                && let Some(v) = pr.prompt(instance, p, required)
+            {
+                return Ok(Some(v));
             }
             if required {
                 Err(format!(
@@ -309,11 +309,11 @@ pub fn instances_of(
         for (p, required) in spec.params() {
             match resolve_param(claw, &name, p, required, penv) {
                 Ok(Some(v)) => {
-                    if let Some(val) = &p.validator {
-                        if let Err(why) = val.check(&v) {
-                            diags.push(diag(Some(&p.key), format!("param {}: {why}", p.key)));
-                            continue;
-                        }
+                    if let Some(val) = &p.validator
+                        && let Err(why) = val.check(&v)
+                    {
+                        diags.push(diag(Some(&p.key), format!("param {}: {why}", p.key)));
+                        continue;
                     }
                     params.push(ResolvedParam {
                         key: p.key.clone(),
@@ -426,4 +426,13 @@ pub fn check_ports(desired: &mut Desired, actual: &[Observed]) {
 /// True when `p` looks like a path the bundle module should inspect.
 pub fn is_local(p: &Path) -> bool {
     p.is_absolute()
+}
+
+/// The port whose answer is part of readiness and that `ps` shows as GATEWAY: the one
+/// named `gateway`, else the one whose guest port is OpenClaw's 18789, else none.
+pub fn gateway_port(r: &Resources) -> Option<&Port> {
+    r.ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("gateway"))
+        .or_else(|| r.ports.iter().find(|p| p.guest == 18789))
 }

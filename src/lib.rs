@@ -28,5 +28,6 @@ pub mod manifest;
 pub mod observe;
 pub mod plan;
 pub mod record;
+pub mod resolve;
 pub mod secret;
 pub mod seed;

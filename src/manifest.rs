@@ -168,3 +168,7 @@ pub fn load(_paths: &[PathBuf]) -> LoadResult {
 pub fn names_in_file_best_effort(_text: &str) -> Vec<String> {
     Vec::new()
 }
+/// JSON schema (stub).
+pub fn json_schema() -> serde_json::Value {
+    serde_json::json!({})
+}

@@ -400,10 +400,10 @@ fn prerequisites(b: &mut Builder, bundle: &BundleDesired) -> Vec<NodeIndex> {
             digest: bundle.digest.clone(),
         }));
     }
-    if bundle.clawspec.image.iter().all(|i| i.name != "run") {
-        if let Some(base) = bundle.clawspec.image.iter().find(|i| i.name == "base") {
-            out.push(b.node(fetch(base)));
-        }
+    if bundle.clawspec.image.iter().all(|i| i.name != "run")
+        && let Some(base) = bundle.clawspec.image.iter().find(|i| i.name == "base")
+    {
+        out.push(b.node(fetch(base)));
     }
     out
 }

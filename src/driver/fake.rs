@@ -224,11 +224,11 @@ impl Driver for FakeDriver {
 
     async fn stop(&self, rec: &Record) -> Result<(), DriverError> {
         self.enter("stop", &rec.clawid).await?;
-        if let Some(mut vm) = self.vm(&rec.clawid) {
-            if vm.running {
-                vm.running = false;
-                self.set_vm(&rec.clawid, &vm)?;
-            }
+        if let Some(mut vm) = self.vm(&rec.clawid)
+            && vm.running
+        {
+            vm.running = false;
+            self.set_vm(&rec.clawid, &vm)?;
         }
         Ok(())
     }

