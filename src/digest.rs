@@ -27,7 +27,9 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
 
 /// True when `s` is a lowercase 64-hex SHA-256 digest.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Keyed digest (HMAC-SHA256) of a param value. Records store this, never the value; the

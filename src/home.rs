@@ -113,7 +113,9 @@ impl Home {
                 self.ensure()?;
                 // Create-if-absent: write a temp file, then hard-link it into place. Of two
                 // racing first uses exactly one link succeeds, and both read the winner's key.
-                let tmp = self.root.join(format!(".secret.key.{}", std::process::id()));
+                let tmp = self
+                    .root
+                    .join(format!(".secret.key.{}", std::process::id()));
                 let key: [u8; 32] = rand::random();
                 fsutil::write_atomic(&tmp, &key, 0o600)?;
                 let linked = std::fs::hard_link(&tmp, &p);

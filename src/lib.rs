@@ -13,18 +13,21 @@
 
 pub mod blob;
 pub mod bundle;
+pub mod catalog;
 pub mod clawspec;
 pub mod cli;
 pub mod desired;
 pub mod digest;
 pub mod driver;
 pub mod exec;
+pub mod fetch;
 pub mod fsutil;
 pub mod home;
 pub mod lock;
 pub mod manifest;
 pub mod observe;
 pub mod plan;
+pub mod progress;
 pub mod record;
 pub mod secret;
 pub mod seed;
