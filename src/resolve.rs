@@ -18,7 +18,10 @@ impl BundleResolver for StoreResolver {
             ClawboxRef::Path(p) => {
                 let home = home.clone();
                 let p = p.clone();
-                tokio::task::spawn_blocking(move || crate::bundle::inspect(&home, &p)).await?
+                Ok(
+                    tokio::task::spawn_blocking(move || crate::bundle::inspect(&home, &p))
+                        .await??,
+                )
             }
             ClawboxRef::Url { url, sha256 } => {
                 anyhow::bail!("remote bundles are not supported yet ({url}, {sha256})")
