@@ -31,6 +31,7 @@ pub mod manifest;
 pub mod observe;
 pub mod plan;
 pub mod progress;
+pub mod qmp;
 pub mod record;
 pub mod resolve;
 pub mod secret;
