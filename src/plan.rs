@@ -5,7 +5,7 @@
 //! replace (bundle, params or volumes changed), delete (only with prune), update (record
 //! only: a stopped VM whose resources changed) or nothing. Work shared by several
 //! instances (importing one bundle, fetching one base image) is one node. See
-//! `rfc/003-reconcile-loop.md`.
+//! `rfc/004-reconcile-loop.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
