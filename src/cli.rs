@@ -137,15 +137,45 @@ pub enum Command {
     },
     /// Show the event log.
     Events {
+        /// Follow: keep printing new events.
+        #[arg(short, long)]
+        follow: bool,
         /// Only this instance (CLAWID or name prefix).
         name: Option<String>,
+    },
+    /// Reconcile a folder continuously: on file changes, on a periodic resync, and when a
+    /// VM exits (restarted with backoff). SIGINT/SIGTERM exit 0 and leave the VMs running.
+    Watch {
+        /// The manifest folder (a git checkout, typically).
+        dir: PathBuf,
+        /// Periodic resync interval (catches drift no event reports).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        resync: Duration,
+        /// Quiet time after the last file event before reconciling.
+        #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+        debounce: Duration,
+        /// Delete instances whose manifest is gone (off by default: removing a file from
+        /// the folder does not delete a VM unless asked; volumes are kept either way).
+        #[arg(long)]
+        prune: bool,
+        /// Actions run at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallelism: u16,
+        /// How long to wait for another apply/watch's lock (default 0: refuse at once).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        lock_timeout: Duration,
     },
 }
 
 /// Entry point of the `clawfarm` binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let level = if matches!(cli.command, Command::Watch { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_format, level);
     match run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
@@ -155,9 +185,9 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(fmt: LogFormat) {
+fn init_logging(fmt: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLAWFARM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -233,7 +263,22 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Events { name } => events(&home, name.as_deref()),
+        Command::Events { follow, name } => events(&home, name.as_deref(), follow),
+        Command::Watch {
+            dir,
+            resync,
+            debounce,
+            prune,
+            parallelism,
+            lock_timeout,
+        } => {
+            let mut cfg = crate::watch::WatchConfig::new(dir);
+            cfg.resync = resync;
+            cfg.debounce = debounce;
+            cfg.prune = prune;
+            cfg.parallelism = parallelism.into();
+            watch(&home, cfg, lock_timeout, cli.log_format)
+        }
     }
 }
 
@@ -682,22 +727,104 @@ fn rm(home: &Home, id: &str, force: bool, purge: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn events(home: &Home, name: Option<&str>) -> anyhow::Result<u8> {
-    let all = crate::events::read(&home.events_log())
-        .with_context(|| format!("cannot read {}", home.events_log().display()))?;
-    for e in all
-        .iter()
-        .filter(|e| name.is_none_or(|n| e.instance.starts_with(n)))
-    {
-        println!(
-            "{}  {:<20} {:<12} {:<8} {}",
-            humantime::format_rfc3339_seconds(e.time),
-            e.instance,
-            e.action,
-            e.result,
-            e.message
-        );
+fn events(home: &Home, name: Option<&str>, follow: bool) -> anyhow::Result<u8> {
+    let path = home.events_log();
+    let mut shown = 0usize;
+    loop {
+        let all = crate::events::read(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        for e in all
+            .iter()
+            .skip(shown)
+            .filter(|e| name.is_none_or(|n| e.instance.starts_with(n)))
+        {
+            println!(
+                "{}  {:<20} {:<12} {:<9} {}",
+                humantime::format_rfc3339_seconds(e.time),
+                e.instance,
+                e.action,
+                e.result,
+                e.message
+            );
+        }
+        shown = all.len();
+        if !follow {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+struct FolderRunner {
+    home: Home,
+    dir: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl crate::watch::PassRunner for FolderRunner {
+    async fn desired(&mut self) -> Desired {
+        match load_desired(&self.home, std::slice::from_ref(&self.dir)).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                Desired::default()
+            }
+        }
+    }
+}
+
+fn watch(
+    home: &Home,
+    cfg: crate::watch::WatchConfig,
+    lock_timeout: Duration,
+    _fmt: LogFormat,
+) -> anyhow::Result<u8> {
+    use crate::watch::{Debouncer, watch_folder};
+    home.ensure()
+        .with_context(|| format!("cannot create {}", home.root().display()))?;
+    if !cfg.dir.is_dir() {
+        bail!("{} is not a folder", cfg.dir.display());
+    }
+    let driver = make_driver(home)?;
+    let _lock = apply_lock(home, Some(lock_timeout))
+        .context("another clawfarm apply or watch is running on this home")?;
+    let rt = runtime()?;
+    let stats = rt.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _w = watch_folder(&cfg.dir, tx)
+            .with_context(|| format!("cannot watch {}", cfg.dir.display()))?;
+        let files = Debouncer::new(rx, cfg.debounce, cfg.max_delay);
+        let mut runner = FolderRunner {
+            home: home.clone(),
+            dir: cfg.dir.clone(),
+        };
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        tracing::info!(dir = %cfg.dir.display(), resync = ?cfg.resync, prune = cfg.prune, "watching");
+        anyhow::Ok(
+            crate::watch::run(
+                home,
+                driver,
+                &cfg,
+                &mut runner,
+                files,
+                EventSink::to_file(home.events_log()),
+                shutdown,
+            )
+            .await,
+        )
+    })?;
+    tracing::info!(
+        passes = stats.total(),
+        restarts = stats.restarts,
+        "watch stopped; VMs left running"
+    );
     Ok(0)
 }
 

@@ -342,6 +342,8 @@ fn new_record(ctx: &ExecContext, d: &DesiredInstance, old: Option<&Record>) -> R
         conditions: Vec::new(),
         runtime: Runtime::default(),
         restart_count: old.map(|o| o.restart_count).unwrap_or(0),
+        crash_streak: 0,
+        backoff_until: None,
         last_error: None,
         created_at: old.map(|o| o.created_at).unwrap_or(t),
         updated_at: t,

@@ -31,3 +31,4 @@ pub mod record;
 pub mod resolve;
 pub mod secret;
 pub mod seed;
+pub mod watch;

@@ -35,7 +35,8 @@ fn future_version_is_refused_naming_the_file() {
 
 #[test]
 fn corrupt_record_is_an_error_not_a_panic() {
-    let e = Record::parse(Path::new("x/record.json"), b"{\"version\": 1, \"clawid\": ").unwrap_err();
+    let e =
+        Record::parse(Path::new("x/record.json"), b"{\"version\": 1, \"clawid\": ").unwrap_err();
     assert!(matches!(e, RecordError::Corrupt { .. }));
 }
 
