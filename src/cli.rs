@@ -311,14 +311,14 @@ fn plan_cmd(home: &Home, args: &PlanArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot create {}", home.root().display()))?;
     let driver = make_driver(home)?;
     let mut d = runtime()?.block_on(load_desired(home, &args.files))?;
-    let (actual, _) = crate::observe::observe(home, &*driver);
+    let (actual, rec_errors) = crate::observe::observe(home, &*driver);
     desired::check_ports(&mut d, &actual);
     print_diagnostics(&d);
     let opts = PlanOptions {
         prune: args.prune,
         protected: d.protected.clone(),
     };
-    let (p, _, rec_errors) = engine::plan_pass(home, &*driver, &d.instances, &opts);
+    let p = engine::plan_observed(&d.instances, &actual, &rec_errors, &opts);
     for e in &rec_errors {
         eprintln!("warning: {}", error_chain(e));
     }
@@ -390,7 +390,7 @@ fn apply(
     let _lock = apply_lock(home, lock_timeout)?;
     let rt = runtime()?;
     let mut d = rt.block_on(load_desired(home, &args.files))?;
-    let (actual, _) = crate::observe::observe(home, &*driver);
+    let (actual, record_errors) = crate::observe::observe(home, &*driver);
     desired::check_ports(&mut d, &actual);
     print_diagnostics(&d);
     let opts = PassOptions {
@@ -405,10 +405,12 @@ fn apply(
             lock_timeout: None,
         },
     };
-    let out = rt.block_on(engine::reconcile(
+    let out = rt.block_on(engine::reconcile_observed(
         home,
         driver,
         &d.instances,
+        actual,
+        record_errors,
         Origin::Manifest,
         progress_sink(home),
         &opts,

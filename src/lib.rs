@@ -26,6 +26,7 @@ pub mod home;
 pub mod lock;
 pub mod manifest;
 pub mod observe;
+pub mod par;
 pub mod plan;
 pub mod record;
 pub mod resolve;

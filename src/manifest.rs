@@ -1683,31 +1683,7 @@ fn read_and_parse(file: &Path) -> FileParse {
 }
 
 fn parse_files(files: &[PathBuf]) -> Vec<FileParse> {
-    const PER_THREAD_MIN: usize = 32;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4)
-        .min(files.len() / PER_THREAD_MIN)
-        .max(1);
-    if threads == 1 {
-        return files.iter().map(|f| read_and_parse(f)).collect();
-    }
-    let chunk = files.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|f| read_and_parse(f)).collect::<Vec<_>>()))
-            .collect();
-        let mut out = Vec::with_capacity(files.len());
-        for (h, part) in handles.into_iter().zip(files.chunks(chunk)) {
-            match h.join() {
-                Ok(v) => out.extend(v),
-                // A panic in a worker (never expected) must not lose files: redo them here.
-                Err(_) => out.extend(part.iter().map(|f| read_and_parse(f))),
-            }
-        }
-        out
-    })
+    crate::par::par_map(files, |f| read_and_parse(f))
 }
 
 /// Every `metadata.name` value found in `text`, even when the file does not validate

@@ -253,12 +253,17 @@ impl Record {
         };
         let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
         dirs.sort();
-        for d in dirs {
+        let read = crate::par::par_map(&dirs, |d| {
             let p = d.join(RECORD_FILE);
-            if !p.exists() {
-                continue;
-            }
             match Record::read(&p) {
+                Err(RecordError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    None
+                }
+                r => Some(r),
+            }
+        });
+        for r in read.into_iter().flatten() {
+            match r {
                 Ok(r) => good.push(r),
                 Err(e) => bad.push(e),
             }
