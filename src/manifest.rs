@@ -320,6 +320,10 @@ fn parse_yaml(text: &str) -> Docs<'_> {
             }
         };
         let pos = Pos::of(&span);
+        let tag_pos = span.tag_start.map_or(pos, |m| Pos {
+            line: m.line() as u64,
+            col: m.col() as u64 + 1,
+        });
         let done: Option<(Node<'_>, usize)> = match event {
             Event::DocumentStart(..) => {
                 anchors.clear();
@@ -333,7 +337,7 @@ fn parse_yaml(text: &str) -> Docs<'_> {
                         plain = false;
                     } else {
                         out.problems
-                            .push((pos, "YAML tags are not supported (except !!str)".into()));
+                            .push((tag_pos, "YAML tags are not supported (except !!str)".into()));
                     }
                 }
                 Some((
@@ -347,7 +351,7 @@ fn parse_yaml(text: &str) -> Docs<'_> {
             Event::SequenceStart(_, anchor, tag) => {
                 if tag.is_some() {
                     out.problems
-                        .push((pos, "YAML tags are not supported (except !!str)".into()));
+                        .push((tag_pos, "YAML tags are not supported (except !!str)".into()));
                 }
                 stack.push(Frame::Seq(pos, anchor, Vec::new()));
                 None
@@ -355,7 +359,7 @@ fn parse_yaml(text: &str) -> Docs<'_> {
             Event::MappingStart(_, anchor, tag) => {
                 if tag.is_some() {
                     out.problems
-                        .push((pos, "YAML tags are not supported (except !!str)".into()));
+                        .push((tag_pos, "YAML tags are not supported (except !!str)".into()));
                 }
                 stack.push(Frame::Map(pos, anchor, Vec::new(), None));
                 None
@@ -531,6 +535,18 @@ impl<'f> Ctx<'f> {
         path: &str,
         allowed: &[&str],
     ) -> Option<Fields<'n, 'a>> {
+        self.fields_quiet(node, path, allowed, true)
+    }
+
+    /// [`Self::fields`]; with `echo_keys` false, messages do not repeat unknown or duplicate
+    /// keys (used inside param values, which may hold secrets in the wrong place).
+    fn fields_quiet<'n, 'a>(
+        &mut self,
+        node: &'n Node<'a>,
+        path: &str,
+        allowed: &[&str],
+        echo_keys: bool,
+    ) -> Option<Fields<'n, 'a>> {
         let Kind::Map(entries) = &node.kind else {
             let message = if path.is_empty() {
                 format!(
@@ -560,6 +576,11 @@ impl<'f> Ctx<'f> {
                     continue;
                 }
             };
+            let shown = if echo_keys {
+                format!("\"{}\"", clip(key))
+            } else {
+                "(not shown)".to_owned()
+            };
             if let Some((_, first, _)) = out.entries.iter().find(|(name, _, _)| *name == key) {
                 let first = first.pos;
                 self.err(
@@ -567,10 +588,8 @@ impl<'f> Ctx<'f> {
                     at(
                         path,
                         format!(
-                            "duplicate key \"{}\" (first at line {}, column {})",
-                            clip(key),
-                            first.line,
-                            first.col
+                            "duplicate key {shown} (first at line {}, column {})",
+                            first.line, first.col
                         ),
                     ),
                 );
@@ -582,14 +601,10 @@ impl<'f> Ctx<'f> {
                 } else {
                     format!(" in {path}")
                 };
-                let message = match suggest(key, allowed) {
-                    Some(s) => format!(
-                        "unknown field \"{}\"{place}; did you mean \"{s}\"?",
-                        clip(key)
-                    ),
+                let message = match suggest(key, allowed).filter(|_| echo_keys) {
+                    Some(s) => format!("unknown field {shown}{place}; did you mean \"{s}\"?"),
                     None => format!(
-                        "unknown field \"{}\"{place} (expected one of: {})",
-                        clip(key),
+                        "unknown field {shown}{place} (expected one of: {})",
                         allowed.join(", ")
                     ),
                 };
@@ -1140,7 +1155,7 @@ fn validate_params(ctx: &mut Ctx<'_>, node: &Node<'_>) -> Params {
             }
             Kind::Scalar { .. } => {
                 ctx.err(
-                    v.pos,
+                    k.pos,
                     format!("{path}: has no value (write \"\" for an empty string)"),
                 );
                 None
@@ -1165,7 +1180,7 @@ fn validate_params(ctx: &mut Ctx<'_>, node: &Node<'_>) -> Params {
 }
 
 fn param_reference(ctx: &mut Ctx<'_>, node: &Node<'_>, path: &str) -> Option<ParamSource> {
-    let fields = ctx.fields(node, path, PARAM_REF_FIELDS)?;
+    let fields = ctx.fields_quiet(node, path, PARAM_REF_FIELDS, false)?;
     match (fields.get("env"), fields.get("file")) {
         (Some(_), Some((fk, _))) => {
             ctx.err(fk.pos, format!("{path}: use either env or file, not both"));
@@ -1749,7 +1764,8 @@ pub fn names_in_file_best_effort(text: &str) -> Vec<String> {
 /// Line scan for `metadata:` blocks (block or flow style) and their `name:`.
 fn scan_names(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut metadata_indent: Option<usize> = None;
+    // (indent of `metadata:`, indent of its children once seen)
+    let mut metadata: Option<(usize, Option<usize>)> = None;
     for raw in text.lines() {
         let line = strip_comment(raw);
         let trimmed = line.trim();
@@ -1757,29 +1773,29 @@ fn scan_names(text: &str) -> Vec<String> {
             continue;
         }
         if trimmed == "---" || trimmed == "..." {
-            metadata_indent = None;
+            metadata = None;
             continue;
         }
         let indent = line.len() - line.trim_start().len();
-        if let Some(mi) = metadata_indent
-            && indent <= mi
-        {
-            metadata_indent = None;
-        }
-        if let Some(mi) = metadata_indent
-            && indent > mi
-        {
-            if let Some(v) = trimmed.strip_prefix("name:") {
-                out.push(unquote(v));
-                metadata_indent = None;
+        if let Some((mi, child)) = metadata {
+            if indent > mi {
+                let child = child.unwrap_or(indent);
+                metadata = Some((mi, Some(child)));
+                if indent == child
+                    && let Some(v) = trimmed.strip_prefix("name:")
+                {
+                    out.push(unquote(v));
+                    metadata = None;
+                }
+                continue;
             }
-            continue;
+            metadata = None;
         }
         let key_line = trimmed.trim_start_matches("- ");
         if let Some(rest) = key_line.strip_prefix("metadata:") {
             let rest = rest.trim();
             if rest.is_empty() {
-                metadata_indent = Some(indent);
+                metadata = Some((indent, None));
             } else if let Some(i) = rest.find("name:") {
                 let v = &rest[i + 5..];
                 let end = v.find([',', '}']).unwrap_or(v.len());
