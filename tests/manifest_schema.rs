@@ -96,10 +96,10 @@ fn accepts(schema: &Value, value: &Value, at: &str) -> Result<(), String> {
         Value::Array(_) => "array",
         Value::Object(_) => "object",
     };
-    if !types.is_empty()
-        && !types.contains(&actual)
-        && !(actual == "integer" && types.contains(&"number"))
-    {
+    let type_ok = types.is_empty()
+        || types.contains(&actual)
+        || (actual == "integer" && types.contains(&"number"));
+    if !type_ok {
         return Err(format!("{at}: {actual} is not {types:?}"));
     }
     match value {
