@@ -688,3 +688,17 @@ fn alias_bomb_is_refused() {
         "{got:?}"
     );
 }
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    let flow = format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let block: String = (0..600)
+        .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+        .collect();
+    let seqs: String = (0..600).map(|i| format!("{}-\n", " ".repeat(i))).collect();
+    for text in [flow, block, seqs] {
+        let got = errors(&text);
+        assert!(!got.is_empty());
+        let _ = clawfarm::manifest::names_in_file_best_effort(&text);
+    }
+}
