@@ -2203,36 +2203,55 @@ fn walk(
         Ok(e) => e,
         Err(e) => return path_problem(result, dir, format!("cannot read folder: {e}")),
     };
-    let mut names: Vec<PathBuf> = Vec::new();
+    // (path, is a folder); the file type comes from the folder listing, so only symlinks
+    // cost a `stat`.
+    let mut names: Vec<(PathBuf, bool)> = Vec::new();
     for entry in entries {
-        match entry {
-            Ok(entry) => {
-                let name = entry.file_name();
-                if !name.to_str().is_some_and(skipped_name) {
-                    names.push(entry.path());
-                }
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                path_problem(result, dir, format!("cannot read folder: {e}"));
+                continue;
             }
-            Err(e) => path_problem(result, dir, format!("cannot read folder: {e}")),
+        };
+        let name = entry.file_name();
+        if name.to_str().is_some_and(skipped_name) {
+            continue;
+        }
+        let p = entry.path();
+        let is_manifest = || {
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            EXTENSIONS.contains(&ext)
+        };
+        let is_dir = match entry.file_type() {
+            Ok(t) if t.is_symlink() => match std::fs::metadata(&p) {
+                Ok(m) => m.is_dir(),
+                // A dangling symlink: only a problem if it looks like a manifest.
+                Err(e) => {
+                    if is_manifest() {
+                        path_problem(result, &p, format!("cannot read: {e}"));
+                    }
+                    continue;
+                }
+            },
+            Ok(t) => t.is_dir(),
+            Err(e) => {
+                if is_manifest() {
+                    path_problem(result, &p, format!("cannot read: {e}"));
+                }
+                continue;
+            }
+        };
+        if is_dir || is_manifest() {
+            names.push((p, is_dir));
         }
     }
     names.sort();
-    for p in names {
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_dir() => walk(&p, files, result, visited),
-            Ok(_) => {
-                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-                if EXTENSIONS.contains(&ext) {
-                    files.push(p);
-                }
-            }
-            // A dangling symlink or an unreadable entry: only a problem if it looks like
-            // a manifest.
-            Err(e) => {
-                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-                if EXTENSIONS.contains(&ext) {
-                    path_problem(result, &p, format!("cannot read: {e}"));
-                }
-            }
+    for (p, is_dir) in names {
+        if is_dir {
+            walk(&p, files, result, visited);
+        } else {
+            files.push(p);
         }
     }
 }
