@@ -223,13 +223,13 @@ impl Pos {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Node<'a> {
     pos: Pos,
     kind: Kind<'a>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Kind<'a> {
     /// `plain` is false for quoted, block and `!!str` scalars (always strings).
     Scalar {
@@ -293,6 +293,18 @@ struct Docs<'a> {
 }
 
 fn parse_yaml(text: &str) -> Docs<'_> {
+    if let Some(docs) = fast::parse(text) {
+        return Docs {
+            docs,
+            problems: Vec::new(),
+            syntax_error: None,
+        };
+    }
+    parse_yaml_full(text)
+}
+
+/// [`parse_yaml`] through serde-saphyr's YAML parser (any YAML).
+fn parse_yaml_full(text: &str) -> Docs<'_> {
     let mut options = serde_saphyr::granit_parser::Options::default();
     options.set_emit_comments(false);
     let parser = Parser::new_from_str_with_options(text, options);
@@ -320,6 +332,10 @@ fn parse_yaml(text: &str) -> Docs<'_> {
             }
         };
         let pos = Pos::of(&span);
+        let tag_pos = span.tag_start.map_or(pos, |m| Pos {
+            line: m.line() as u64,
+            col: m.col() as u64 + 1,
+        });
         let done: Option<(Node<'_>, usize)> = match event {
             Event::DocumentStart(..) => {
                 anchors.clear();
@@ -333,7 +349,7 @@ fn parse_yaml(text: &str) -> Docs<'_> {
                         plain = false;
                     } else {
                         out.problems
-                            .push((pos, "YAML tags are not supported (except !!str)".into()));
+                            .push((tag_pos, "YAML tags are not supported (except !!str)".into()));
                     }
                 }
                 Some((
@@ -347,7 +363,7 @@ fn parse_yaml(text: &str) -> Docs<'_> {
             Event::SequenceStart(_, anchor, tag) => {
                 if tag.is_some() {
                     out.problems
-                        .push((pos, "YAML tags are not supported (except !!str)".into()));
+                        .push((tag_pos, "YAML tags are not supported (except !!str)".into()));
                 }
                 stack.push(Frame::Seq(pos, anchor, Vec::new()));
                 None
@@ -355,7 +371,7 @@ fn parse_yaml(text: &str) -> Docs<'_> {
             Event::MappingStart(_, anchor, tag) => {
                 if tag.is_some() {
                     out.problems
-                        .push((pos, "YAML tags are not supported (except !!str)".into()));
+                        .push((tag_pos, "YAML tags are not supported (except !!str)".into()));
                 }
                 stack.push(Frame::Map(pos, anchor, Vec::new(), None));
                 None
@@ -447,6 +463,557 @@ fn count_nodes(node: &Node<'_>) -> usize {
     }
 }
 
+/// A fast reader for the plain subset of YAML that manifests are usually written in: block
+/// mappings and sequences, one-line plain or quoted scalars without escapes, one-line flow
+/// collections, comments and `---` separators. It returns `None` as soon as it meets
+/// anything else (anchors, tags, block scalars, multi-line scalars, escapes, tabs, odd
+/// indentation, syntax errors, ...), and the full parser then reads the text. When it
+/// returns documents, they are exactly those of the full parser, positions included (a
+/// differential test checks this on many generated and mutated inputs).
+mod fast {
+    use super::{Kind, Node, Pos};
+    use std::borrow::Cow;
+
+    #[derive(Clone, Copy)]
+    struct Line {
+        /// 1-based line number.
+        no: u64,
+        /// Byte offset of the start of the line.
+        start: usize,
+        /// Byte offset of the content (after the indentation, or of a compact item's content).
+        from: usize,
+        /// Byte offset of the end of the content (comment and trailing blanks removed).
+        to: usize,
+        /// Column (0-based, in bytes) of the content: the structural indentation.
+        indent: usize,
+    }
+
+    enum Item {
+        Line(Line),
+        /// `---` (a new document) or `...` (end of document).
+        Boundary,
+    }
+
+    struct P<'a> {
+        text: &'a str,
+        lines: Vec<Line>,
+        i: usize,
+        /// Nesting depth, bounded (deeper documents go to the full parser).
+        depth: usize,
+    }
+
+    const MAX_DEPTH: usize = 32;
+
+    pub(super) fn parse(text: &str) -> Option<Vec<Node<'_>>> {
+        if !acceptable_chars(text) {
+            return None;
+        }
+        let items = split(text)?;
+        let mut docs = Vec::new();
+        let mut current: Vec<Line> = Vec::new();
+        for item in items {
+            match item {
+                Item::Line(l) => current.push(l),
+                Item::Boundary => {
+                    if !current.is_empty() {
+                        docs.push(document(text, std::mem::take(&mut current))?);
+                    }
+                }
+            }
+        }
+        if !current.is_empty() {
+            docs.push(document(text, current)?);
+        }
+        Some(docs)
+    }
+
+    /// Only characters whose YAML meaning is simple here: no tabs, CR, control characters,
+    /// special Unicode line breaks or BOMs, no escape, anchor, alias, tag, block-scalar,
+    /// directive or reserved indicators anywhere.
+    fn acceptable_chars(text: &str) -> bool {
+        let ascii_ok = |b: u8| {
+            (0x20..0x7f).contains(&b)
+                && !matches!(
+                    b,
+                    b'&' | b'*' | b'!' | b'|' | b'>' | b'%' | b'@' | b'`' | b'\\' | b'?'
+                )
+                || b == b'\n'
+        };
+        if text.is_ascii() {
+            return text.bytes().all(ascii_ok);
+        }
+        text.chars().all(|c| {
+            if c.is_ascii() {
+                ascii_ok(c as u8)
+            } else {
+                let u = c as u32;
+                (0xA0..=0xD7FF).contains(&u)
+                    || (0xE000..=0xFFFD).contains(&u) && u != 0xFEFF
+                    || u >= 0x10000
+            }
+        })
+    }
+
+    /// The non-blank, non-comment lines and document boundaries.
+    fn split(text: &str) -> Option<Vec<Item>> {
+        let mut out = Vec::new();
+        let mut start = 0usize;
+        for (n, raw) in text.split('\n').enumerate() {
+            let line_start = start;
+            start += raw.len() + 1;
+            let indent = raw.len() - raw.trim_start_matches(' ').len();
+            let body = &raw[indent..];
+            if body.is_empty() || body.starts_with('#') {
+                continue;
+            }
+            let has_quote = body.contains(['"', '\'']);
+            // Cut a comment: `#` after a blank. With quotes on the line, a `#` could be
+            // inside a quoted scalar: leave such lines to the full parser.
+            let mut end = body.len();
+            if let Some(i) = body.find(" #") {
+                if has_quote {
+                    return None;
+                }
+                end = i;
+            }
+            let content = body[..end].trim_end_matches(' ');
+            if indent == 0 && (content == "---" || content == "...") {
+                out.push(Item::Boundary);
+                continue;
+            }
+            if content.starts_with("---") || content.starts_with("...") {
+                return None;
+            }
+            out.push(Item::Line(Line {
+                no: n as u64 + 1,
+                start: line_start,
+                from: line_start + indent,
+                to: line_start + indent + content.len(),
+                indent,
+            }));
+        }
+        Some(out)
+    }
+
+    fn document(text: &str, lines: Vec<Line>) -> Option<Node<'_>> {
+        let mut p = P {
+            text,
+            lines,
+            i: 0,
+            depth: 0,
+        };
+        let root = p.block_node(None)?;
+        if p.i != p.lines.len() {
+            return None;
+        }
+        Some(root)
+    }
+
+    /// Whether `s` (trimmed content) starts a sequence entry.
+    fn is_dash(s: &str) -> bool {
+        s == "-" || s.starts_with("- ")
+    }
+
+    /// The `key: value` split of a block line: byte index of the `:` in `s`.
+    fn key_colon(s: &str) -> Option<usize> {
+        let first = s.as_bytes().first()?;
+        if matches!(
+            first,
+            b'"' | b'\'' | b'[' | b'{' | b']' | b'}' | b',' | b':' | b'#' | b'-'
+        ) {
+            return None;
+        }
+        let i = s
+            .find(": ")
+            .or_else(|| s.ends_with(':').then(|| s.len() - 1))?;
+        if s[..i].ends_with(' ') || s[..i].is_empty() {
+            return None;
+        }
+        Some(i)
+    }
+
+    impl<'a> P<'a> {
+        fn pos(&self, line: &Line, at: usize) -> Pos {
+            let prefix = &self.text[line.start..at];
+            let col = if prefix.is_ascii() {
+                prefix.len()
+            } else {
+                prefix.chars().count()
+            };
+            Pos {
+                line: line.no,
+                col: col as u64 + 1,
+            }
+        }
+
+        fn content(&self, line: &Line) -> &'a str {
+            &self.text[line.from..line.to]
+        }
+
+        fn peek(&self) -> Option<Line> {
+            self.lines.get(self.i).copied()
+        }
+
+        /// A block node starting at the current line, which must be deeper than `parent`.
+        fn block_node(&mut self, parent: Option<usize>) -> Option<Node<'a>> {
+            let line = self.peek()?;
+            if parent.is_some_and(|p| line.indent <= p) || self.depth >= MAX_DEPTH {
+                return None;
+            }
+            self.depth += 1;
+            let node = if is_dash(self.content(&line)) {
+                self.block_seq(line.indent, false)
+            } else {
+                self.block_map(line.indent)
+            };
+            self.depth -= 1;
+            node
+        }
+
+        fn block_map(&mut self, indent: usize) -> Option<Node<'a>> {
+            let first = self.peek()?;
+            let pos = self.pos(&first, first.from);
+            let mut entries = Vec::new();
+            while let Some(line) = self.peek() {
+                if line.indent < indent {
+                    break;
+                }
+                if line.indent > indent {
+                    return None;
+                }
+                let s = self.content(&line);
+                let colon = key_colon(s)?;
+                let key_text = &s[..colon];
+                if !plain_ok(key_text, false) {
+                    return None;
+                }
+                let key = Node {
+                    pos: self.pos(&line, line.from),
+                    kind: Kind::Scalar {
+                        text: Cow::Borrowed(key_text),
+                        plain: true,
+                    },
+                };
+                let colon_at = line.from + colon;
+                let rest = s[colon + 1..].trim_start_matches(' ');
+                self.i += 1;
+                let value = if rest.is_empty() {
+                    match self.peek() {
+                        Some(next) if next.indent > indent => self.block_node(Some(indent))?,
+                        Some(next) if next.indent == indent && is_dash(self.content(&next)) => {
+                            self.block_seq(indent, true)?
+                        }
+                        _ => Node {
+                            pos: self.pos(&line, colon_at),
+                            kind: Kind::Scalar {
+                                text: Cow::Borrowed("~"),
+                                plain: true,
+                            },
+                        },
+                    }
+                } else {
+                    let at = line.to - rest.len();
+                    let v = self.inline(&line, at)?;
+                    if self.peek().is_some_and(|n| n.indent > indent) {
+                        return None;
+                    }
+                    v
+                };
+                entries.push((key, value));
+            }
+            Some(Node {
+                pos,
+                kind: Kind::Map(entries),
+            })
+        }
+
+        /// A block sequence whose `-` are at `indent`; `indentless` when it is the value
+        /// of a mapping key at the same indentation.
+        fn block_seq(&mut self, indent: usize, indentless: bool) -> Option<Node<'a>> {
+            let first = self.peek()?;
+            let dash_pos = self.pos(&first, first.from);
+            let mut items = Vec::new();
+            while let Some(line) = self.peek() {
+                if line.indent < indent {
+                    break;
+                }
+                if line.indent > indent {
+                    return None;
+                }
+                let s = self.content(&line);
+                if !is_dash(s) {
+                    if indentless {
+                        break;
+                    }
+                    return None;
+                }
+                let rest = s[1..].trim_start_matches(' ');
+                if rest.is_empty() {
+                    if indentless && items.is_empty() {
+                        return None;
+                    }
+                    self.i += 1;
+                    items.push(self.block_node(Some(indent))?);
+                    continue;
+                }
+                if is_dash(rest) {
+                    return None;
+                }
+                let at = line.to - rest.len();
+                if key_colon(rest).is_some() {
+                    // A compact mapping: continues on the lines indented like its first key.
+                    let col = at - line.start;
+                    self.lines[self.i] = Line {
+                        from: at,
+                        indent: col,
+                        ..line
+                    };
+                    items.push(self.block_map(col)?);
+                } else {
+                    self.i += 1;
+                    items.push(self.inline(&line, at)?);
+                    if self.peek().is_some_and(|n| n.indent > indent) {
+                        return None;
+                    }
+                }
+            }
+            let pos = if indentless {
+                items.first()?.pos
+            } else {
+                dash_pos
+            };
+            Some(Node {
+                pos,
+                kind: Kind::Seq(items),
+            })
+        }
+
+        /// A value on the rest of a line from byte `at`: a scalar or a flow collection.
+        fn inline(&self, line: &Line, at: usize) -> Option<Node<'a>> {
+            let s = &self.text[at..line.to];
+            match s.as_bytes()[0] {
+                b'[' | b'{' => {
+                    let mut j = at;
+                    let node = self.flow(line, &mut j, 0)?;
+                    if j != line.to {
+                        return None;
+                    }
+                    Some(node)
+                }
+                b'"' | b'\'' => {
+                    let mut j = at;
+                    let node = self.quoted(line, &mut j)?;
+                    if j != line.to {
+                        return None;
+                    }
+                    Some(node)
+                }
+                _ => {
+                    if !plain_ok(s, false) || s.contains(": ") || s.ends_with(':') {
+                        return None;
+                    }
+                    Some(Node {
+                        pos: self.pos(line, at),
+                        kind: Kind::Scalar {
+                            text: Cow::Borrowed(s),
+                            plain: true,
+                        },
+                    })
+                }
+            }
+        }
+
+        fn byte(&self, j: usize, line: &Line) -> Option<u8> {
+            if j < line.to {
+                Some(self.text.as_bytes()[j])
+            } else {
+                None
+            }
+        }
+
+        fn skip_spaces(&self, line: &Line, j: &mut usize) {
+            while self.byte(*j, line) == Some(b' ') {
+                *j += 1;
+            }
+        }
+
+        fn quoted(&self, line: &Line, j: &mut usize) -> Option<Node<'a>> {
+            let q = self.byte(*j, line)?;
+            let open = *j;
+            let close = open + 1 + self.text[open + 1..line.to].find(q as char)?;
+            if q == b'\'' && self.byte(close + 1, line) == Some(b'\'') {
+                return None;
+            }
+            *j = close + 1;
+            Some(Node {
+                pos: self.pos(line, open),
+                kind: Kind::Scalar {
+                    text: Cow::Borrowed(&self.text[open + 1..close]),
+                    plain: false,
+                },
+            })
+        }
+
+        /// A flow node at `*j` (inside a flow collection or starting one).
+        fn flow(&self, line: &Line, j: &mut usize, depth: usize) -> Option<Node<'a>> {
+            if depth >= MAX_DEPTH {
+                return None;
+            }
+            self.skip_spaces(line, j);
+            let start = *j;
+            match self.byte(*j, line)? {
+                b'[' => {
+                    *j += 1;
+                    let mut items = Vec::new();
+                    loop {
+                        self.skip_spaces(line, j);
+                        if self.byte(*j, line)? == b']' && items.is_empty() {
+                            *j += 1;
+                            break;
+                        }
+                        items.push(self.flow(line, j, depth + 1)?);
+                        self.skip_spaces(line, j);
+                        match self.byte(*j, line)? {
+                            b',' => {
+                                *j += 1;
+                                self.skip_spaces(line, j);
+                                if matches!(self.byte(*j, line)?, b']' | b',') {
+                                    return None;
+                                }
+                            }
+                            b']' => {
+                                *j += 1;
+                                break;
+                            }
+                            _ => return None,
+                        }
+                    }
+                    Some(Node {
+                        pos: self.pos(line, start),
+                        kind: Kind::Seq(items),
+                    })
+                }
+                b'{' => {
+                    *j += 1;
+                    let mut entries = Vec::new();
+                    loop {
+                        self.skip_spaces(line, j);
+                        if self.byte(*j, line)? == b'}' && entries.is_empty() {
+                            *j += 1;
+                            break;
+                        }
+                        let key = self.flow_scalar(line, j)?;
+                        let quoted_key = matches!(key.kind, Kind::Scalar { plain: false, .. });
+                        if !quoted_key && self.byte(*j, line)? != b':' {
+                            return None;
+                        }
+                        self.skip_spaces(line, j);
+                        if self.byte(*j, line)? != b':' {
+                            return None;
+                        }
+                        *j += 1;
+                        if self.byte(*j, line)? != b' ' {
+                            return None;
+                        }
+                        self.skip_spaces(line, j);
+                        if matches!(self.byte(*j, line)?, b',' | b'}' | b':') {
+                            return None;
+                        }
+                        let value = self.flow(line, j, depth + 1)?;
+                        entries.push((key, value));
+                        self.skip_spaces(line, j);
+                        match self.byte(*j, line)? {
+                            b',' => {
+                                *j += 1;
+                                self.skip_spaces(line, j);
+                                if matches!(self.byte(*j, line)?, b'}' | b',') {
+                                    return None;
+                                }
+                            }
+                            b'}' => {
+                                *j += 1;
+                                break;
+                            }
+                            _ => return None,
+                        }
+                    }
+                    Some(Node {
+                        pos: self.pos(line, start),
+                        kind: Kind::Map(entries),
+                    })
+                }
+                _ => {
+                    let node = self.flow_scalar(line, j)?;
+                    // `[a: b]` (a single-pair mapping in a sequence) is left to the full parser.
+                    let mut k = *j;
+                    self.skip_spaces(line, &mut k);
+                    if self.byte(k, line) == Some(b':') {
+                        return None;
+                    }
+                    Some(node)
+                }
+            }
+        }
+
+        /// A quoted or plain scalar inside a flow collection.
+        fn flow_scalar(&self, line: &Line, j: &mut usize) -> Option<Node<'a>> {
+            self.skip_spaces(line, j);
+            let start = *j;
+            if matches!(self.byte(start, line)?, b'"' | b'\'') {
+                return self.quoted(line, j);
+            }
+            let bytes = self.text.as_bytes();
+            let mut k = start;
+            while k < line.to {
+                let b = bytes[k];
+                if matches!(b, b',' | b'[' | b']' | b'{' | b'}') {
+                    break;
+                }
+                if b == b':'
+                    && (k + 1 >= line.to
+                        || matches!(bytes[k + 1], b' ' | b',' | b'[' | b']' | b'{' | b'}'))
+                {
+                    break;
+                }
+                k += 1;
+            }
+            let s = self.text[start..k].trim_end_matches(' ');
+            if s.is_empty() || !plain_ok(s, true) {
+                return None;
+            }
+            *j = start + s.len();
+            Some(Node {
+                pos: self.pos(line, start),
+                kind: Kind::Scalar {
+                    text: Cow::Borrowed(s),
+                    plain: true,
+                },
+            })
+        }
+    }
+
+    /// Whether `s` may be a one-line plain scalar with exactly this text.
+    fn plain_ok(s: &str, in_flow: bool) -> bool {
+        let b = s.as_bytes();
+        let Some(&first) = b.first() else {
+            return false;
+        };
+        if matches!(
+            first,
+            b'[' | b']' | b'{' | b'}' | b',' | b'#' | b'\'' | b'"' | b':'
+        ) {
+            return false;
+        }
+        if first == b'-' && (b.len() == 1 || b[1] == b' ') {
+            return false;
+        }
+        if s.contains(" #") || s.ends_with(' ') {
+            return false;
+        }
+        !(in_flow && s.contains([',', '[', ']', '{', '}']))
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Validation of one file.
 
@@ -531,6 +1098,18 @@ impl<'f> Ctx<'f> {
         path: &str,
         allowed: &[&str],
     ) -> Option<Fields<'n, 'a>> {
+        self.fields_quiet(node, path, allowed, true)
+    }
+
+    /// [`Self::fields`]; with `echo_keys` false, messages do not repeat unknown or duplicate
+    /// keys (used inside param values, which may hold secrets in the wrong place).
+    fn fields_quiet<'n, 'a>(
+        &mut self,
+        node: &'n Node<'a>,
+        path: &str,
+        allowed: &[&str],
+        echo_keys: bool,
+    ) -> Option<Fields<'n, 'a>> {
         let Kind::Map(entries) = &node.kind else {
             let message = if path.is_empty() {
                 format!(
@@ -560,6 +1139,13 @@ impl<'f> Ctx<'f> {
                     continue;
                 }
             };
+            let shown = || {
+                if echo_keys {
+                    format!("\"{}\"", clip(key))
+                } else {
+                    "(not shown)".to_owned()
+                }
+            };
             if let Some((_, first, _)) = out.entries.iter().find(|(name, _, _)| *name == key) {
                 let first = first.pos;
                 self.err(
@@ -567,8 +1153,8 @@ impl<'f> Ctx<'f> {
                     at(
                         path,
                         format!(
-                            "duplicate key \"{}\" (first at line {}, column {})",
-                            clip(key),
+                            "duplicate key {} (first at line {}, column {})",
+                            shown(),
                             first.line,
                             first.col
                         ),
@@ -582,14 +1168,11 @@ impl<'f> Ctx<'f> {
                 } else {
                     format!(" in {path}")
                 };
-                let message = match suggest(key, allowed) {
-                    Some(s) => format!(
-                        "unknown field \"{}\"{place}; did you mean \"{s}\"?",
-                        clip(key)
-                    ),
+                let message = match suggest(key, allowed).filter(|_| echo_keys) {
+                    Some(s) => format!("unknown field {}{place}; did you mean \"{s}\"?", shown()),
                     None => format!(
-                        "unknown field \"{}\"{place} (expected one of: {})",
-                        clip(key),
+                        "unknown field {}{place} (expected one of: {})",
+                        shown(),
                         allowed.join(", ")
                     ),
                 };
@@ -1140,7 +1723,7 @@ fn validate_params(ctx: &mut Ctx<'_>, node: &Node<'_>) -> Params {
             }
             Kind::Scalar { .. } => {
                 ctx.err(
-                    v.pos,
+                    k.pos,
                     format!("{path}: has no value (write \"\" for an empty string)"),
                 );
                 None
@@ -1165,7 +1748,7 @@ fn validate_params(ctx: &mut Ctx<'_>, node: &Node<'_>) -> Params {
 }
 
 fn param_reference(ctx: &mut Ctx<'_>, node: &Node<'_>, path: &str) -> Option<ParamSource> {
-    let fields = ctx.fields(node, path, PARAM_REF_FIELDS)?;
+    let fields = ctx.fields_quiet(node, path, PARAM_REF_FIELDS, false)?;
     match (fields.get("env"), fields.get("file")) {
         (Some(_), Some((fk, _))) => {
             ctx.err(fk.pos, format!("{path}: use either env or file, not both"));
@@ -1620,36 +2203,55 @@ fn walk(
         Ok(e) => e,
         Err(e) => return path_problem(result, dir, format!("cannot read folder: {e}")),
     };
-    let mut names: Vec<PathBuf> = Vec::new();
+    // (path, is a folder); the file type comes from the folder listing, so only symlinks
+    // cost a `stat`.
+    let mut names: Vec<(PathBuf, bool)> = Vec::new();
     for entry in entries {
-        match entry {
-            Ok(entry) => {
-                let name = entry.file_name();
-                if !name.to_str().is_some_and(skipped_name) {
-                    names.push(entry.path());
-                }
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                path_problem(result, dir, format!("cannot read folder: {e}"));
+                continue;
             }
-            Err(e) => path_problem(result, dir, format!("cannot read folder: {e}")),
+        };
+        let name = entry.file_name();
+        if name.to_str().is_some_and(skipped_name) {
+            continue;
+        }
+        let p = entry.path();
+        let is_manifest = || {
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            EXTENSIONS.contains(&ext)
+        };
+        let is_dir = match entry.file_type() {
+            Ok(t) if t.is_symlink() => match std::fs::metadata(&p) {
+                Ok(m) => m.is_dir(),
+                // A dangling symlink: only a problem if it looks like a manifest.
+                Err(e) => {
+                    if is_manifest() {
+                        path_problem(result, &p, format!("cannot read: {e}"));
+                    }
+                    continue;
+                }
+            },
+            Ok(t) => t.is_dir(),
+            Err(e) => {
+                if is_manifest() {
+                    path_problem(result, &p, format!("cannot read: {e}"));
+                }
+                continue;
+            }
+        };
+        if is_dir || is_manifest() {
+            names.push((p, is_dir));
         }
     }
     names.sort();
-    for p in names {
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_dir() => walk(&p, files, result, visited),
-            Ok(_) => {
-                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-                if EXTENSIONS.contains(&ext) {
-                    files.push(p);
-                }
-            }
-            // A dangling symlink or an unreadable entry: only a problem if it looks like
-            // a manifest.
-            Err(e) => {
-                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-                if EXTENSIONS.contains(&ext) {
-                    path_problem(result, &p, format!("cannot read: {e}"));
-                }
-            }
+    for (p, is_dir) in names {
+        if is_dir {
+            walk(&p, files, result, visited);
+        } else {
+            files.push(p);
         }
     }
 }
@@ -1725,7 +2327,8 @@ pub fn names_in_file_best_effort(text: &str) -> Vec<String> {
 /// Line scan for `metadata:` blocks (block or flow style) and their `name:`.
 fn scan_names(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut metadata_indent: Option<usize> = None;
+    // (indent of `metadata:`, indent of its children once seen)
+    let mut metadata: Option<(usize, Option<usize>)> = None;
     for raw in text.lines() {
         let line = strip_comment(raw);
         let trimmed = line.trim();
@@ -1733,29 +2336,29 @@ fn scan_names(text: &str) -> Vec<String> {
             continue;
         }
         if trimmed == "---" || trimmed == "..." {
-            metadata_indent = None;
+            metadata = None;
             continue;
         }
         let indent = line.len() - line.trim_start().len();
-        if let Some(mi) = metadata_indent
-            && indent <= mi
-        {
-            metadata_indent = None;
-        }
-        if let Some(mi) = metadata_indent
-            && indent > mi
-        {
-            if let Some(v) = trimmed.strip_prefix("name:") {
-                out.push(unquote(v));
-                metadata_indent = None;
+        if let Some((mi, child)) = metadata {
+            if indent > mi {
+                let child = child.unwrap_or(indent);
+                metadata = Some((mi, Some(child)));
+                if indent == child
+                    && let Some(v) = trimmed.strip_prefix("name:")
+                {
+                    out.push(unquote(v));
+                    metadata = None;
+                }
+                continue;
             }
-            continue;
+            metadata = None;
         }
         let key_line = trimmed.trim_start_matches("- ");
         if let Some(rest) = key_line.strip_prefix("metadata:") {
             let rest = rest.trim();
             if rest.is_empty() {
-                metadata_indent = Some(indent);
+                metadata = Some((indent, None));
             } else if let Some(i) = rest.find("name:") {
                 let v = &rest[i + 5..];
                 let end = v.find([',', '}']).unwrap_or(v.len());
@@ -1906,4 +2509,147 @@ pub fn json_schema() -> serde_json::Value {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CORPUS: &[&str] = &[
+        include_str!("../tests/fixtures/manifests/valid/demo-a.yaml"),
+        include_str!("../tests/fixtures/manifests/valid/multi.yaml"),
+        include_str!("../tests/fixtures/manifests/valid/team/minimal.yml"),
+        include_str!("../tests/fixtures/manifests/valid/team/from-json.json"),
+        include_str!("../tests/fixtures/manifests/invalid/unknown-field.yaml"),
+        include_str!("../tests/fixtures/manifests/invalid/bad-memory.yaml"),
+        include_str!("../tests/fixtures/manifests/invalid/syntax.yaml"),
+        "a:\n  b: 1\n  c:\n  d: 'q'\n  e: \"w\"\nl:\n- x\n-   y\n- k: 1\n  m:\n- \n  - z\nf: [a, {b: c}, []]\ng: {}\nh:    # c\n  - 1\ni: x # c\n",
+        "---\n---\n# c\n...\n---\na: 1\n...\n",
+        "- a\n- b: c\n  d: [e, 'f', \"g\"]\n-\n  - h\n",
+        "spec:\n  ports:\n  - host: 1\n    guest: 2\n  - {host: 3, guest: 4}\n  params:\n    A: {env: B}\n    C: héllo wörld\n    D: \"ü: x\"\n    E: x:y\n    F: http://a/b\n",
+        "a: b c  \nd:   e\nf : g\n'h': i\nj: 'k''l'\nm: \"n\"o\n",
+        "a:\n- 1\n- 2\nb:\n    - 3\n    -    4\nc: [ 1 , 2 ]\nd: {x: 1, y: [2, 3], z: {w: v}}\n",
+        "  a: 1\n  b: 2\n",
+        "a: 1\n b: 2\n",
+        "a:\n  b: 1\n c: 2\n",
+        "a: [1, 2,]\nb: {c: 1,}\nc: [a: b]\nd: {e}\n",
+        "a: - b\nc: -\nd: -1\ne: --x\n",
+        "a: 'x' # c\nb: \"#\"\nc: x#y\n",
+        "{a: 1}\n",
+        "[1, 2]\n",
+        "a: b: c\n",
+        "a:\n  - b\n  c: d\n",
+        "a: 1\n---\nb\n---\n- c\n",
+        "a:  \nb: 'b'c\nc: x\n\n\nd: y\ne: [b, c]  # comment\n",
+        "- a: 1\n  b:\n    c: 2\n- d\n",
+        "a:\n- b\n- c\nd: e\n",
+        "a: \"\"\nb: ''\nc: [\"x, y\", 'z']\nd: {b: [1, {c: d}]}\n",
+        "a: 0.5\nb: .inf\nc: ~\nd: null\ne: true\nf: 0x1F\ng: 012\n",
+        "a: b\n  # indented comment\nc: d\n",
+        "a:\n\n  b: 1\n",
+        "\u{e9}: 1\nk: \u{e9}t\u{e9}\nl: [\u{e9}, \u{e9}\u{e9}]\n",
+        "a: 'x'  \n: a\n",
+        "a:: b\n",
+        "a :b\n",
+        "-a: 1\n",
+        "a: -b\nb: [-1, - 2]\n",
+        "a: {b: c, d}\n",
+        "a: [b c, d]\nb: {b c: d}\n",
+        "x: y\n---   \nz: 1\n",
+        "--- # comment\na: 1\n",
+        "a: 1 #\nb: b #c #d\n",
+        "a: [b]c\n",
+        "a: {b: c}}\n",
+        "a: [[]]\nb: [{}]\nc: {d: []}\n",
+        "a: {\"b\": c}\n",
+        "a: {'b': c}\n",
+        "a:\n  - b\n  -\n    c: d\n",
+        "a:\n  -  b: c\n     d: e\n",
+        "a: x\n  y\n",
+        "- - a\n",
+        "-\n",
+        "a:\n-\n",
+    ];
+
+    fn check(text: &str) -> bool {
+        let Some(fast) = fast::parse(text) else {
+            return false;
+        };
+        let full = parse_yaml_full(text);
+        assert!(
+            full.syntax_error.is_none() && full.problems.is_empty(),
+            "fast path accepted text the full parser rejects: {text:?}\n{:?}",
+            full.syntax_error
+        );
+        assert_eq!(fast, full.docs, "fast and full parse differ for {text:?}");
+        true
+    }
+
+    #[test]
+    fn fast_path_accepts_typical_manifests() {
+        for text in &CORPUS[..3] {
+            assert!(check(text), "{text}");
+        }
+        assert!(check(CORPUS[7]));
+        assert!(check(CORPUS[10]));
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_full_parser() {
+        let alphabet: Vec<char> = " :-#[]{},'\"\nabc0~.\u{e9}".chars().collect();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n.max(1) as u64) as usize
+        };
+        let mut accepted = 0;
+        let mut total = 0;
+        for text in CORPUS {
+            total += 1;
+            accepted += usize::from(check(text));
+            for _ in 0..1500 {
+                let mut chars: Vec<char> = text.chars().collect();
+                for _ in 0..1 + rnd(3) {
+                    let at = rnd(chars.len() + 1);
+                    match rnd(4) {
+                        0 if at < chars.len() => {
+                            chars.remove(at);
+                        }
+                        1 => chars.insert(at, alphabet[rnd(alphabet.len())]),
+                        2 => {
+                            // indent or dedent a line
+                            let lines: Vec<usize> = std::iter::once(0)
+                                .chain(
+                                    chars
+                                        .iter()
+                                        .enumerate()
+                                        .filter(|(_, c)| **c == '\n')
+                                        .map(|(i, _)| i + 1),
+                                )
+                                .collect();
+                            let l = lines[rnd(lines.len())];
+                            if rnd(2) == 0 {
+                                chars.insert(l.min(chars.len()), ' ');
+                            } else if chars.get(l) == Some(&' ') {
+                                chars.remove(l);
+                            }
+                        }
+                        _ => {
+                            if at < chars.len() {
+                                chars[at] = alphabet[rnd(alphabet.len())];
+                            }
+                        }
+                    }
+                }
+                let mutated: String = chars.into_iter().collect();
+                total += 1;
+                accepted += usize::from(check(&mutated));
+            }
+        }
+        eprintln!("fast path: {accepted} of {total} inputs accepted and identical");
+        // the comparison is not vacuous
+        assert!(accepted > total / 10, "{accepted} of {total}");
+    }
 }
