@@ -282,6 +282,14 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// `--prune`, unless some input could not be read (then what it holds is unknown).
+fn prune_allowed(prune: bool, d: &Desired) -> bool {
+    if prune && d.incomplete {
+        eprintln!("warning: not pruning: some input could not be read (see the errors above)");
+    }
+    prune && !d.incomplete
+}
+
 fn print_diagnostics(d: &Desired) {
     for x in &d.diagnostics {
         eprintln!("{x}");
@@ -315,7 +323,7 @@ fn plan_cmd(home: &Home, args: &PlanArgs) -> anyhow::Result<u8> {
     desired::check_ports(&mut d, &actual);
     print_diagnostics(&d);
     let opts = PlanOptions {
-        prune: args.prune,
+        prune: prune_allowed(args.prune, &d),
         protected: d.protected.clone(),
     };
     let p = engine::plan_observed(&d.instances, &actual, &rec_errors, &opts);
@@ -395,7 +403,7 @@ fn apply(
     print_diagnostics(&d);
     let opts = PassOptions {
         plan: PlanOptions {
-            prune: args.prune,
+            prune: prune_allowed(args.prune, &d),
             protected: d.protected.clone(),
         },
         exec: ExecOptions {

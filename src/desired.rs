@@ -137,6 +137,9 @@ pub struct Desired {
     pub protected: BTreeSet<String>,
     /// Manifest files read.
     pub files: Vec<PathBuf>,
+    /// Some input could not be read at all (a mistyped `-f` path, an unreadable folder):
+    /// the names it holds are unknown, so nothing may be pruned in this pass.
+    pub incomplete: bool,
 }
 
 /// How params are looked up.
@@ -163,14 +166,20 @@ pub async fn load(
         ..Desired::default()
     };
     for f in &lr.bad_files {
-        if let Ok(text) = std::fs::read_to_string(f) {
-            for n in crate::manifest::names_in_file_best_effort(&text) {
-                out.protected.insert(n.clone());
-                for i in 0..64 {
-                    out.protected.insert(format!("{n}-{i}"));
+        match std::fs::read_to_string(f) {
+            Ok(text) => {
+                for n in crate::manifest::names_in_file_best_effort(&text) {
+                    out.protected.insert(n.clone());
+                    for i in 0..64 {
+                        out.protected.insert(format!("{n}-{i}"));
+                    }
                 }
             }
+            Err(_) => out.incomplete = true,
         }
+    }
+    if paths.iter().any(|p| !p.exists()) {
+        out.incomplete = true;
     }
     let mut bundles: HashMap<ClawboxRef, Result<Arc<BundleDesired>, String>> = HashMap::new();
     for claw in &lr.claws {

@@ -483,8 +483,10 @@ pub fn plan(desired: &[Arc<DesiredInstance>], actual: &[Observed], opts: &PlanOp
     // and `run` instances share a name prefix but never a CLAWID.
     let want: BTreeMap<&str, &DesiredInstance> =
         desired.iter().map(|d| (d.clawid.as_str(), &**d)).collect();
-    let have: BTreeMap<&str, &Observed> =
-        actual.iter().map(|o| (o.record.clawid.as_str(), o)).collect();
+    let have: BTreeMap<&str, &Observed> = actual
+        .iter()
+        .map(|o| (o.record.clawid.as_str(), o))
+        .collect();
     let ids: BTreeSet<&str> = want.keys().chain(have.keys()).copied().collect();
 
     let mut changes = Vec::new();

@@ -453,7 +453,9 @@ pub async fn run<R: PassRunner>(
             let earliest = backoff_gate(home, &*driver, &mut desired, cfg, &events, &mut stats);
             let opts = PassOptions {
                 plan: PlanOptions {
-                    prune: cfg.prune,
+                    // Never prune from a pass that could not read all of its input (the
+                    // folder vanished mid-checkout, permissions changed, ...).
+                    prune: cfg.prune && !desired.incomplete,
                     protected: desired.protected.clone(),
                 },
                 exec: ExecOptions {

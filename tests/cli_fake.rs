@@ -371,3 +371,19 @@ fn schema_and_completions_print() {
     assert_eq!(code(&c), 0);
     assert!(String::from_utf8_lossy(&c.stdout).contains("clawfarm"));
 }
+
+#[test]
+fn mistyped_path_with_prune_deletes_nothing() {
+    let e = env();
+    assert_eq!(code(&e.run(&["apply", "-f", e.dir()])), 0);
+    let before = e.claws();
+    let typo = format!("{}-typo", e.dir());
+    let a = e.run(&["apply", "--prune", "-f", &typo]);
+    assert_eq!(code(&a), 1, "{}", text(&a));
+    assert!(text(&a).contains("not pruning"), "{}", text(&a));
+    assert_eq!(e.claws(), before);
+    // With one good path and one bad one, still nothing is pruned.
+    let a = e.run(&["apply", "--prune", "-f", e.dir(), "-f", &typo]);
+    assert_eq!(code(&a), 1);
+    assert_eq!(e.claws(), before);
+}
