@@ -396,6 +396,7 @@ fn apply(
         .with_context(|| format!("cannot create {}", home.root().display()))?;
     let driver = make_driver(home)?;
     let _lock = apply_lock(home, lock_timeout)?;
+    engine::sweep_temp_files(home);
     let rt = runtime()?;
     let mut d = rt.block_on(load_desired(home, &args.files))?;
     let (actual, record_errors) = crate::observe::observe(home, &*driver);
@@ -798,6 +799,7 @@ fn watch(
     let driver = make_driver(home)?;
     let _lock = apply_lock(home, Some(lock_timeout))
         .context("another clawfarm apply or watch is running on this home")?;
+    engine::sweep_temp_files(home);
     let rt = runtime()?;
     let stats = rt.block_on(async {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -145,3 +145,20 @@ pub async fn reconcile_observed(
         requeue_after,
     }
 }
+
+/// Remove temp files left in instance folders by writers that died mid-write. Each folder
+/// is swept only under its instance lock (skipped when busy), so a live writer's temp file
+/// is never touched. Returns how many files were removed.
+pub fn sweep_temp_files(home: &Home) -> usize {
+    let Ok(rd) = std::fs::read_dir(home.claws_dir()) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if let Ok(_l) = crate::lock::lock_instance(home, &id, Some(Duration::ZERO)) {
+            n += crate::fsutil::clean_temp_files(&e.path()).unwrap_or(0);
+        }
+    }
+    n
+}
