@@ -135,6 +135,37 @@ pub enum Command {
         /// Shell.
         shell: clap_complete::Shell,
     },
+    /// Import a bundle and run one new instance of it (import-first; each run gets its own
+    /// CLAWID with NAME as the prefix). Goes through the same engine as apply.
+    Run {
+        /// The `.clawbox` bundle.
+        bundle: PathBuf,
+        /// Name prefix of the CLAWID.
+        #[arg(long)]
+        name: String,
+        /// A param value, KEY=VALUE (repeatable). Prefer --param-file or the prompt for
+        /// secrets: the command line is visible in shell history and `ps`.
+        #[arg(long = "param", value_name = "KEY=VALUE", value_parser = crate::run::parse_param_arg)]
+        params: Vec<(String, crate::secret::Secret)>,
+        /// A file of KEY=VALUE lines (repeatable; later values win).
+        #[arg(long = "param-file", value_name = "FILE")]
+        param_files: Vec<PathBuf>,
+        /// vCPUs.
+        #[arg(long, default_value_t = crate::manifest::DEFAULT_CPUS)]
+        cpus: u32,
+        /// Memory (e.g. 2048, 2GiB, 512MiB).
+        #[arg(long, default_value = "1024", value_parser = crate::manifest::parse_memory)]
+        memory: u64,
+        /// Host port forward HOST:GUEST on 127.0.0.1 (repeatable).
+        #[arg(long = "port", value_name = "HOST:GUEST", value_parser = parse_port)]
+        ports: Vec<crate::manifest::Port>,
+        /// Do not wait for the guest to become ready.
+        #[arg(long)]
+        no_wait: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Show the event log.
     Events {
         /// Follow: keep printing new events.
@@ -227,6 +258,7 @@ pub async fn load_desired(home: &Home, files: &[PathBuf]) -> anyhow::Result<Desi
         key: &key,
         env: &param_env_lookup,
         prompter: None,
+        command_line: false,
     };
     Ok(desired::load(home, files, &StoreResolver, &penv).await)
 }
@@ -262,6 +294,33 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 &mut std::io::stdout(),
             );
             Ok(0)
+        }
+        Command::Run {
+            bundle,
+            name,
+            params,
+            param_files,
+            cpus,
+            memory,
+            ports,
+            no_wait,
+            output,
+        } => {
+            let mut all = Vec::new();
+            for f in &param_files {
+                all.extend(crate::run::read_param_file(f)?);
+            }
+            all.extend(params);
+            let req = crate::run::RunRequest {
+                bundle,
+                name,
+                params: all,
+                cpus,
+                memory_mib: memory,
+                ports,
+                volumes: Vec::new(),
+            };
+            run_cmd(&home, &req, !no_wait, output)
         }
         Command::Events { follow, name } => events(&home, name.as_deref(), follow),
         Command::Watch {
@@ -854,4 +913,93 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     parts.join(": ")
+}
+
+fn parse_port(s: &str) -> Result<crate::manifest::Port, String> {
+    let (h, g) = s.split_once(':').ok_or("expected HOST:GUEST")?;
+    let host: u16 = h.parse().map_err(|_| format!("bad host port {h:?}"))?;
+    let guest: u16 = g.parse().map_err(|_| format!("bad guest port {g:?}"))?;
+    if host < 1024 || guest == 0 {
+        return Err("host port must be 1024-65535, guest port 1-65535".into());
+    }
+    Ok(crate::manifest::Port {
+        host,
+        guest,
+        name: None,
+    })
+}
+
+fn run_cmd(
+    home: &Home,
+    req: &crate::run::RunRequest,
+    wait: bool,
+    output: Output,
+) -> anyhow::Result<u8> {
+    home.ensure()
+        .with_context(|| format!("cannot create {}", home.root().display()))?;
+    let driver = make_driver(home)?;
+    let rt = runtime()?;
+    let key = home
+        .secret_key()
+        .context("cannot read the param digest key")?;
+    let penv = ParamEnv {
+        key: &key,
+        env: &param_env_lookup,
+        prompter: None,
+        command_line: true,
+    };
+    let inst = rt.block_on(crate::run::desired_instance(
+        home,
+        req,
+        &StoreResolver,
+        &penv,
+    ))?;
+    let (actual, record_errors) = crate::observe::observe(home, &*driver);
+    let mut d = Desired {
+        instances: vec![inst.clone()],
+        ..Desired::default()
+    };
+    desired::check_ports(&mut d, &actual);
+    if let Some(dg) = d.diagnostics.first() {
+        bail!("{}", dg.message);
+    }
+    eprintln!("{}: creating from {}", inst.clawid, req.bundle.display());
+    // No apply lock: a run creates a CLAWID nobody else can plan; its nodes take the
+    // instance lock like every mutation.
+    let opts = PassOptions {
+        plan: PlanOptions::default(),
+        exec: ExecOptions {
+            wait,
+            ..ExecOptions::default()
+        },
+    };
+    let out = rt.block_on(engine::reconcile_observed(
+        home,
+        driver,
+        &d.instances,
+        actual,
+        record_errors,
+        Origin::Run,
+        progress_sink(home),
+        &opts,
+    ));
+    let ok = out.report.ok();
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ok": ok,
+                "clawid": inst.clawid,
+                "name": inst.name,
+                "nodes": out.report.nodes,
+            }))?
+        ),
+        Output::Text => {
+            for (action, err) in out.report.root_failures() {
+                eprintln!("failed: {action}: {err}");
+            }
+            println!("{}", inst.clawid);
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
 }

@@ -150,6 +150,8 @@ pub struct ParamEnv<'a> {
     pub env: &'a (dyn Fn(&str) -> Option<String> + Sync),
     /// Interactive prompt, when allowed.
     pub prompter: Option<&'a dyn Prompter>,
+    /// Values come from the command line (`run`), not a manifest: hints say so.
+    pub command_line: bool,
 }
 
 /// Load manifests from `paths` into a desired state.
@@ -236,6 +238,7 @@ fn resolve_param(
             p.key
         )),
         Some(ParamSource::Literal(v)) => Ok(Some(v.clone())),
+        Some(ParamSource::Given(v)) => Ok(Some(v.expose().to_string())),
         Some(ParamSource::Env(name)) => match (penv.env)(name) {
             Some(v) => Ok(Some(v)),
             None if required => Err(format!(
@@ -269,7 +272,13 @@ fn resolve_param(
             {
                 return Ok(Some(v));
             }
-            if required {
+            if required && penv.command_line {
+                Err(format!(
+                    "required param {} ({}) is not set: pass --param {}=… or a --param-file \
+                     line {}=…, or run in a terminal to be asked",
+                    p.key, p.label, p.key, p.key
+                ))
+            } else if required {
                 Err(format!(
                     "required param {} ({}) is not set: add `{}: {}` under spec.params",
                     p.key,

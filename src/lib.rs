@@ -30,6 +30,7 @@ pub mod par;
 pub mod plan;
 pub mod record;
 pub mod resolve;
+pub mod run;
 pub mod secret;
 pub mod seed;
 pub mod watch;

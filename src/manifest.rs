@@ -105,6 +105,9 @@ pub enum ParamSource {
     /// `{file: PATH}`: read from a file (absolute: resolved against the manifest's folder);
     /// one trailing newline is stripped.
     File(PathBuf),
+    /// A value given out of band (`clawfarm run --param`/`--param-file`); never produced by
+    /// the YAML parser, so a manifest in git can still not carry a secret literal.
+    Given(crate::secret::Secret),
 }
 
 /// One validated manifest document (`kind: Claw`).
@@ -1941,7 +1944,8 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
 }
 
 /// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most `max` characters.
-fn is_dns_label(s: &str, max: usize) -> bool {
+/// True when `s` is a DNS label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`) of at most `max` chars.
+pub fn is_dns_label(s: &str, max: usize) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= max

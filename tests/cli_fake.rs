@@ -414,3 +414,72 @@ fn apply_waits_for_the_lock_naming_the_holder() {
     );
     assert_eq!(e.claws().len(), 2);
 }
+
+#[test]
+fn run_twice_gives_two_instances_through_the_engine() {
+    let e = env();
+    let bx = e.dir.parent().unwrap().join("demo.clawbox");
+    let pf = e.dir.parent().unwrap().join("params.env");
+    std::fs::write(
+        &pf,
+        format!("# secrets\nOPENAI_API_KEY='{SECRET}'\nMODEL=gpt-4o-mini\n"),
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let o = e.run(&[
+            "run",
+            bx.to_str().unwrap(),
+            "--name",
+            "adhoc",
+            "--param-file",
+            pf.to_str().unwrap(),
+        ]);
+        assert_eq!(code(&o), 0, "{}", text(&o));
+        let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        assert!(
+            id.starts_with("adhoc-") && id.len() == "adhoc-".len() + 6,
+            "{id}"
+        );
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+    let ps = e.run(&["ps", "-o", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    let names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["adhoc", "adhoc"]);
+    // An apply with --prune of the manifest folder leaves run instances alone.
+    let a = e.run(&["apply", "--prune", "-f", e.dir()]);
+    assert_eq!(code(&a), 0, "{}", text(&a));
+    for id in &ids {
+        assert!(e.claws().contains(id));
+    }
+    assert!(grep_tree(&e.home, SECRET).is_empty());
+    assert!(!text(&ps).contains(SECRET));
+}
+
+#[test]
+fn run_without_required_param_fails_before_any_vm_listing_how() {
+    let e = env();
+    let bx = e.dir.parent().unwrap().join("demo.clawbox");
+    let o = e.run(&["run", bx.to_str().unwrap(), "--name", "adhoc"]);
+    assert_eq!(code(&o), 1);
+    let t = text(&o);
+    assert!(t.contains("OPENAI_API_KEY") && t.contains("--param"), "{t}");
+    assert!(e.claws().is_empty(), "a VM was created");
+    let o = e.run(&[
+        "run",
+        bx.to_str().unwrap(),
+        "--name",
+        "Bad_Name",
+        "--param",
+        "OPENAI_API_KEY=x",
+    ]);
+    assert_eq!(code(&o), 1);
+    assert!(text(&o).contains("--name"), "{}", text(&o));
+}
