@@ -446,7 +446,7 @@ fn validate_param(param: &Param, at: &str, p: &mut Problems) {
                     validator_ok = false;
                     p.push(
                         format!("{at}.validator.pattern"),
-                        format!("invalid regular expression: {}", one_line(&e.to_string())),
+                        format!("invalid regular expression: {}", regex_problem(pattern, &e)),
                     );
                 }
             }
@@ -503,6 +503,22 @@ impl Validator {
                 }
             }
         }
+    }
+}
+
+/// The gist of a regex error, about the pattern as written (not our anchored wrapper).
+fn regex_problem(pattern: &str, anchored_error: &regex::Error) -> String {
+    let e = match regex::Regex::new(pattern) {
+        Err(e) => e,
+        Ok(_) => anchored_error.clone(),
+    };
+    match &e {
+        regex::Error::Syntax(text) => text
+            .lines()
+            .find_map(|l| l.strip_prefix("error: "))
+            .map_or_else(|| one_line(text), str::to_owned),
+        regex::Error::CompiledTooBig(_) => "the compiled pattern is too big".to_owned(),
+        other => one_line(&other.to_string()),
     }
 }
 

@@ -147,8 +147,42 @@ pub enum Command {
         /// Shell.
         shell: clap_complete::Shell,
     },
+    /// Import a bundle and run one new instance of it (import-first; each run gets its own
+    /// CLAWID with NAME as the prefix). Goes through the same engine as apply.
+    Run {
+        /// The `.clawbox` bundle.
+        bundle: PathBuf,
+        /// Name prefix of the CLAWID.
+        #[arg(long)]
+        name: String,
+        /// A param value, KEY=VALUE (repeatable). Prefer --param-file or the prompt for
+        /// secrets: the command line is visible in shell history and `ps`.
+        #[arg(long = "param", value_name = "KEY=VALUE", value_parser = crate::run::parse_param_arg)]
+        params: Vec<(String, crate::secret::Secret)>,
+        /// A file of KEY=VALUE lines (repeatable; later values win).
+        #[arg(long = "param-file", value_name = "FILE")]
+        param_files: Vec<PathBuf>,
+        /// vCPUs.
+        #[arg(long, default_value_t = crate::manifest::DEFAULT_CPUS)]
+        cpus: u32,
+        /// Memory (e.g. 2048, 2GiB, 512MiB).
+        #[arg(long, default_value = "1024", value_parser = crate::manifest::parse_memory)]
+        memory: u64,
+        /// Host port forward HOST:GUEST on 127.0.0.1 (repeatable).
+        #[arg(long = "port", value_name = "HOST:GUEST", value_parser = parse_port)]
+        ports: Vec<crate::manifest::Port>,
+        /// Do not wait for the guest to become ready.
+        #[arg(long)]
+        no_wait: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Show the event log.
     Events {
+        /// Follow: keep printing new events.
+        #[arg(short, long)]
+        follow: bool,
         /// Only this instance (CLAWID or name prefix).
         name: Option<String>,
     },
@@ -184,12 +218,39 @@ pub enum Command {
         )]
         command: Vec<String>,
     },
+    /// Reconcile a folder continuously: on file changes, on a periodic resync, and when a
+    /// VM exits (restarted with backoff). SIGINT/SIGTERM exit 0 and leave the VMs running.
+    Watch {
+        /// The manifest folder (a git checkout, typically).
+        dir: PathBuf,
+        /// Periodic resync interval (catches drift no event reports).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        resync: Duration,
+        /// Quiet time after the last file event before reconciling.
+        #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+        debounce: Duration,
+        /// Delete instances whose manifest is gone (off by default: removing a file from
+        /// the folder does not delete a VM unless asked; volumes are kept either way).
+        #[arg(long)]
+        prune: bool,
+        /// Actions run at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallelism: u16,
+        /// How long to wait for another apply/watch's lock (default 0: refuse at once).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        lock_timeout: Duration,
+    },
 }
 
 /// Entry point of the `clawfarm` binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let level = if matches!(cli.command, Command::Watch { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_format, level);
     match run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
@@ -199,9 +260,9 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(fmt: LogFormat) {
+fn init_logging(fmt: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLAWFARM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -253,6 +314,7 @@ pub async fn load_desired(home: &Home, files: &[PathBuf]) -> anyhow::Result<Desi
         key: &key,
         env: &param_env_lookup,
         prompter: None,
+        command_line: false,
     };
     Ok(desired::load(home, files, &StoreResolver, &penv).await)
 }
@@ -292,7 +354,49 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Events { name } => events(&home, name.as_deref()),
+        Command::Run {
+            bundle,
+            name,
+            params,
+            param_files,
+            cpus,
+            memory,
+            ports,
+            no_wait,
+            output,
+        } => {
+            let mut all = Vec::new();
+            for f in &param_files {
+                all.extend(crate::run::read_param_file(f)?);
+            }
+            all.extend(params);
+            let req = crate::run::RunRequest {
+                bundle,
+                name,
+                params: all,
+                cpus,
+                memory_mib: memory,
+                ports,
+                volumes: Vec::new(),
+            };
+            run_cmd(&home, &req, !no_wait, output)
+        }
+        Command::Events { follow, name } => events(&home, name.as_deref(), follow),
+        Command::Watch {
+            dir,
+            resync,
+            debounce,
+            prune,
+            parallelism,
+            lock_timeout,
+        } => {
+            let mut cfg = crate::watch::WatchConfig::new(dir);
+            cfg.resync = resync;
+            cfg.debounce = debounce;
+            cfg.prune = prune;
+            cfg.parallelism = parallelism.into();
+            watch(&home, cfg, lock_timeout, cli.log_format)
+        }
         Command::Logs {
             id,
             follow,
@@ -313,6 +417,14 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Ssh { id, command } => ssh(&home, &id, &command),
     }
+}
+
+/// `--prune`, unless some input could not be read (then what it holds is unknown).
+fn prune_allowed(prune: bool, d: &Desired) -> bool {
+    if prune && d.incomplete {
+        eprintln!("warning: not pruning: some input could not be read (see the errors above)");
+    }
+    prune && !d.incomplete
 }
 
 fn print_diagnostics(d: &Desired) {
@@ -344,14 +456,14 @@ fn plan_cmd(home: &Home, args: &PlanArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot create {}", home.root().display()))?;
     let driver = make_driver(home)?;
     let mut d = runtime()?.block_on(load_desired(home, &args.files))?;
-    let (actual, _) = crate::observe::observe(home, &*driver);
+    let (actual, rec_errors) = crate::observe::observe(home, &*driver);
     desired::check_ports(&mut d, &actual);
     print_diagnostics(&d);
     let opts = PlanOptions {
-        prune: args.prune,
+        prune: prune_allowed(args.prune, &d),
         protected: d.protected.clone(),
     };
-    let (p, _, rec_errors) = engine::plan_pass(home, &*driver, &d.instances, &opts);
+    let p = engine::plan_observed(&d.instances, &actual, &rec_errors, &opts);
     for e in &rec_errors {
         eprintln!("warning: {}", error_chain(e));
     }
@@ -421,14 +533,15 @@ fn apply(
         .with_context(|| format!("cannot create {}", home.root().display()))?;
     let driver = make_driver(home)?;
     let _lock = apply_lock(home, lock_timeout)?;
+    engine::sweep_temp_files(home);
     let rt = runtime()?;
     let mut d = rt.block_on(load_desired(home, &args.files))?;
-    let (actual, _) = crate::observe::observe(home, &*driver);
+    let (actual, record_errors) = crate::observe::observe(home, &*driver);
     desired::check_ports(&mut d, &actual);
     print_diagnostics(&d);
     let opts = PassOptions {
         plan: PlanOptions {
-            prune: args.prune,
+            prune: prune_allowed(args.prune, &d),
             protected: d.protected.clone(),
         },
         exec: ExecOptions {
@@ -438,10 +551,12 @@ fn apply(
             lock_timeout: None,
         },
     };
-    let out = rt.block_on(engine::reconcile(
+    let out = rt.block_on(engine::reconcile_observed(
         home,
         driver,
         &d.instances,
+        actual,
+        record_errors,
         Origin::Manifest,
         progress_sink(home),
         &opts,
@@ -772,22 +887,105 @@ fn rm(home: &Home, id: &str, force: bool, purge: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn events(home: &Home, name: Option<&str>) -> anyhow::Result<u8> {
-    let all = crate::events::read(&home.events_log())
-        .with_context(|| format!("cannot read {}", home.events_log().display()))?;
-    for e in all
-        .iter()
-        .filter(|e| name.is_none_or(|n| e.instance.starts_with(n)))
-    {
-        println!(
-            "{}  {:<20} {:<12} {:<8} {}",
-            humantime::format_rfc3339_seconds(e.time),
-            e.instance,
-            e.action,
-            e.result,
-            e.message
-        );
+fn events(home: &Home, name: Option<&str>, follow: bool) -> anyhow::Result<u8> {
+    let path = home.events_log();
+    let mut shown = 0usize;
+    loop {
+        let all = crate::events::read(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        for e in all
+            .iter()
+            .skip(shown)
+            .filter(|e| name.is_none_or(|n| e.instance.starts_with(n)))
+        {
+            println!(
+                "{}  {:<20} {:<12} {:<9} {}",
+                humantime::format_rfc3339_seconds(e.time),
+                e.instance,
+                e.action,
+                e.result,
+                e.message
+            );
+        }
+        shown = all.len();
+        if !follow {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+struct FolderRunner {
+    home: Home,
+    dir: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl crate::watch::PassRunner for FolderRunner {
+    async fn desired(&mut self) -> Desired {
+        match load_desired(&self.home, std::slice::from_ref(&self.dir)).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                Desired::default()
+            }
+        }
+    }
+}
+
+fn watch(
+    home: &Home,
+    cfg: crate::watch::WatchConfig,
+    lock_timeout: Duration,
+    _fmt: LogFormat,
+) -> anyhow::Result<u8> {
+    use crate::watch::{Debouncer, watch_folder};
+    home.ensure()
+        .with_context(|| format!("cannot create {}", home.root().display()))?;
+    if !cfg.dir.is_dir() {
+        bail!("{} is not a folder", cfg.dir.display());
+    }
+    let driver = make_driver(home)?;
+    let _lock = apply_lock(home, Some(lock_timeout))
+        .context("another clawfarm apply or watch is running on this home")?;
+    engine::sweep_temp_files(home);
+    let rt = runtime()?;
+    let stats = rt.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _w = watch_folder(&cfg.dir, tx)
+            .with_context(|| format!("cannot watch {}", cfg.dir.display()))?;
+        let files = Debouncer::new(rx, cfg.debounce, cfg.max_delay);
+        let mut runner = FolderRunner {
+            home: home.clone(),
+            dir: cfg.dir.clone(),
+        };
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        tracing::info!(dir = %cfg.dir.display(), resync = ?cfg.resync, prune = cfg.prune, "watching");
+        anyhow::Ok(
+            crate::watch::run(
+                home,
+                driver,
+                &cfg,
+                &mut runner,
+                files,
+                EventSink::to_file(home.events_log()),
+                shutdown,
+            )
+            .await,
+        )
+    })?;
+    tracing::info!(
+        passes = stats.total(),
+        restarts = stats.restarts,
+        "watch stopped; VMs left running"
+    );
     Ok(0)
 }
 
@@ -997,4 +1195,93 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     parts.join(": ")
+}
+
+fn parse_port(s: &str) -> Result<crate::manifest::Port, String> {
+    let (h, g) = s.split_once(':').ok_or("expected HOST:GUEST")?;
+    let host: u16 = h.parse().map_err(|_| format!("bad host port {h:?}"))?;
+    let guest: u16 = g.parse().map_err(|_| format!("bad guest port {g:?}"))?;
+    if host < 1024 || guest == 0 {
+        return Err("host port must be 1024-65535, guest port 1-65535".into());
+    }
+    Ok(crate::manifest::Port {
+        host,
+        guest,
+        name: None,
+    })
+}
+
+fn run_cmd(
+    home: &Home,
+    req: &crate::run::RunRequest,
+    wait: bool,
+    output: Output,
+) -> anyhow::Result<u8> {
+    home.ensure()
+        .with_context(|| format!("cannot create {}", home.root().display()))?;
+    let driver = make_driver(home)?;
+    let rt = runtime()?;
+    let key = home
+        .secret_key()
+        .context("cannot read the param digest key")?;
+    let penv = ParamEnv {
+        key: &key,
+        env: &param_env_lookup,
+        prompter: None,
+        command_line: true,
+    };
+    let inst = rt.block_on(crate::run::desired_instance(
+        home,
+        req,
+        &StoreResolver,
+        &penv,
+    ))?;
+    let (actual, record_errors) = crate::observe::observe(home, &*driver);
+    let mut d = Desired {
+        instances: vec![inst.clone()],
+        ..Desired::default()
+    };
+    desired::check_ports(&mut d, &actual);
+    if let Some(dg) = d.diagnostics.first() {
+        bail!("{}", dg.message);
+    }
+    eprintln!("{}: creating from {}", inst.clawid, req.bundle.display());
+    // No apply lock: a run creates a CLAWID nobody else can plan; its nodes take the
+    // instance lock like every mutation.
+    let opts = PassOptions {
+        plan: PlanOptions::default(),
+        exec: ExecOptions {
+            wait,
+            ..ExecOptions::default()
+        },
+    };
+    let out = rt.block_on(engine::reconcile_observed(
+        home,
+        driver,
+        &d.instances,
+        actual,
+        record_errors,
+        Origin::Run,
+        progress_sink(home),
+        &opts,
+    ));
+    let ok = out.report.ok();
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ok": ok,
+                "clawid": inst.clawid,
+                "name": inst.name,
+                "nodes": out.report.nodes,
+            }))?
+        ),
+        Output::Text => {
+            for (action, err) in out.report.root_failures() {
+                eprintln!("failed: {action}: {err}");
+            }
+            println!("{}", inst.clawid);
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
 }

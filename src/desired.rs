@@ -137,6 +137,9 @@ pub struct Desired {
     pub protected: BTreeSet<String>,
     /// Manifest files read.
     pub files: Vec<PathBuf>,
+    /// Some input could not be read at all (a mistyped `-f` path, an unreadable folder):
+    /// the names it holds are unknown, so nothing may be pruned in this pass.
+    pub incomplete: bool,
 }
 
 /// How params are looked up.
@@ -147,6 +150,8 @@ pub struct ParamEnv<'a> {
     pub env: &'a (dyn Fn(&str) -> Option<String> + Sync),
     /// Interactive prompt, when allowed.
     pub prompter: Option<&'a dyn Prompter>,
+    /// Values come from the command line (`run`), not a manifest: hints say so.
+    pub command_line: bool,
 }
 
 /// Load manifests from `paths` into a desired state.
@@ -163,14 +168,20 @@ pub async fn load(
         ..Desired::default()
     };
     for f in &lr.bad_files {
-        if let Ok(text) = std::fs::read_to_string(f) {
-            for n in crate::manifest::names_in_file_best_effort(&text) {
-                out.protected.insert(n.clone());
-                for i in 0..64 {
-                    out.protected.insert(format!("{n}-{i}"));
+        match std::fs::read_to_string(f) {
+            Ok(text) => {
+                for n in crate::manifest::names_in_file_best_effort(&text) {
+                    out.protected.insert(n.clone());
+                    for i in 0..64 {
+                        out.protected.insert(format!("{n}-{i}"));
+                    }
                 }
             }
+            Err(_) => out.incomplete = true,
         }
+    }
+    if paths.iter().any(|p| !p.exists()) {
+        out.incomplete = true;
     }
     let mut bundles: HashMap<ClawboxRef, Result<Arc<BundleDesired>, String>> = HashMap::new();
     for claw in &lr.claws {
@@ -227,6 +238,7 @@ fn resolve_param(
             p.key
         )),
         Some(ParamSource::Literal(v)) => Ok(Some(v.clone())),
+        Some(ParamSource::Given(v)) => Ok(Some(v.expose().to_string())),
         Some(ParamSource::Env(name)) => match (penv.env)(name) {
             Some(v) => Ok(Some(v)),
             None if required => Err(format!(
@@ -260,7 +272,13 @@ fn resolve_param(
             {
                 return Ok(Some(v));
             }
-            if required {
+            if required && penv.command_line {
+                Err(format!(
+                    "required param {} ({}) is not set: pass --param {}=… or a --param-file \
+                     line {}=…, or run in a terminal to be asked",
+                    p.key, p.label, p.key, p.key
+                ))
+            } else if required {
                 Err(format!(
                     "required param {} ({}) is not set: add `{}: {}` under spec.params",
                     p.key,

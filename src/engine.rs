@@ -46,6 +46,17 @@ pub fn plan_pass(
     opts: &PlanOptions,
 ) -> (Plan, Vec<Observed>, Vec<RecordError>) {
     let (actual, errors) = observe(home, driver);
+    let p = plan_observed(desired, &actual, &errors, opts);
+    (p, actual, errors)
+}
+
+/// Plan against an observation already made (one observation per command).
+pub fn plan_observed(
+    desired: &[Arc<DesiredInstance>],
+    actual: &[Observed],
+    errors: &[RecordError],
+    opts: &PlanOptions,
+) -> Plan {
     let bad_ids: BTreeSet<String> = errors
         .iter()
         .filter_map(|e| match e {
@@ -69,8 +80,7 @@ pub fn plan_pass(
         })
         .cloned()
         .collect();
-    let p = plan(&desired, &actual, &opts);
-    (p, actual, errors)
+    plan(&desired, actual, &opts)
 }
 
 /// One full pass: plan against the current state and execute the plan.
@@ -82,7 +92,33 @@ pub async fn reconcile(
     events: EventSink,
     opts: &PassOptions,
 ) -> PassOutcome {
-    let (p, actual, record_errors) = plan_pass(home, &*driver, desired, &opts.plan);
+    let (actual, record_errors) = observe(home, &*driver);
+    reconcile_observed(
+        home,
+        driver,
+        desired,
+        actual,
+        record_errors,
+        origin,
+        events,
+        opts,
+    )
+    .await
+}
+
+/// [`reconcile`] against an observation already made (one observation per command).
+#[allow(clippy::too_many_arguments)]
+pub async fn reconcile_observed(
+    home: &Home,
+    driver: Arc<dyn Driver>,
+    desired: &[Arc<DesiredInstance>],
+    actual: Vec<Observed>,
+    record_errors: Vec<RecordError>,
+    origin: Origin,
+    events: EventSink,
+    opts: &PassOptions,
+) -> PassOutcome {
+    let p = plan_observed(desired, &actual, &record_errors, &opts.plan);
     let ctx = ExecContext {
         home: home.clone(),
         desired: desired
@@ -108,4 +144,21 @@ pub async fn reconcile(
         record_errors,
         requeue_after,
     }
+}
+
+/// Remove temp files left in instance folders by writers that died mid-write. Each folder
+/// is swept only under its instance lock (skipped when busy), so a live writer's temp file
+/// is never touched. Returns how many files were removed.
+pub fn sweep_temp_files(home: &Home) -> usize {
+    let Ok(rd) = std::fs::read_dir(home.claws_dir()) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if let Ok(_l) = crate::lock::lock_instance(home, &id, Some(Duration::ZERO)) {
+            n += crate::fsutil::clean_temp_files(&e.path()).unwrap_or(0);
+        }
+    }
+    n
 }

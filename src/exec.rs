@@ -342,6 +342,8 @@ fn new_record(ctx: &ExecContext, d: &DesiredInstance, old: Option<&Record>) -> R
         conditions: Vec::new(),
         runtime: Runtime::default(),
         restart_count: old.map(|o| o.restart_count).unwrap_or(0),
+        crash_streak: 0,
+        backoff_until: None,
         last_error: None,
         created_at: old.map(|o| o.created_at).unwrap_or(t),
         updated_at: t,
@@ -434,6 +436,11 @@ async fn run_node_inner(s: &Arc<Shared>, action: &Action) -> Result<NodeStatus, 
     let id2 = clawid.clone();
     let _lock =
         tokio::task::spawn_blocking(move || lock::lock_instance(&home, &id2, timeout)).await??;
+    // Every writer of an instance folder holds this lock, so temp files found now were left
+    // by a writer that died mid-write (kill -9): sweep them.
+    if let Err(e) = crate::fsutil::clean_temp_files(&s.ctx.home.claw_dir(&clawid)) {
+        tracing::warn!("cannot clean temp files of {clawid}: {e}");
+    }
 
     let desired = s.ctx.desired.get(&clawid).cloned();
     let current = s

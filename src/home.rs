@@ -11,7 +11,7 @@
 //!   claws/<CLAWID>/         one folder per instance: record.json, lock, disk.qcow2,
 //!                           seed.img, qmp.sock, serial.log, qemu.log, status.log, volumes/
 //! ```
-//! See `rfc/004-on-disk-layout.md` for the full contract.
+//! See `rfc/006-on-disk-layout.md` for the full contract.
 
 use std::io;
 use std::path::{Path, PathBuf};

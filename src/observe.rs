@@ -11,12 +11,11 @@ use crate::record::{Record, RecordError};
 /// instances they describe are left alone by the planner (it never sees them).
 pub fn observe(home: &Home, driver: &dyn Driver) -> (Vec<Observed>, Vec<RecordError>) {
     let (records, errors) = Record::read_all(home);
+    let lives = crate::par::par_map(&records, |r| driver.probe(r));
     let observed = records
         .into_iter()
-        .map(|record| {
-            let live = driver.probe(&record);
-            Observed { record, live }
-        })
+        .zip(lives)
+        .map(|(record, live)| Observed { record, live })
         .collect();
     (observed, errors)
 }

@@ -5,7 +5,7 @@
 //! replace (bundle, params or volumes changed), delete (only with prune), update (record
 //! only: a stopped VM whose resources changed) or nothing. Work shared by several
 //! instances (importing one bundle, fetching one base image) is one node. See
-//! `rfc/003-reconcile-loop.md`.
+//! `rfc/004-reconcile-loop.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
@@ -479,23 +479,28 @@ pub fn plan(desired: &[Arc<DesiredInstance>], actual: &[Observed], opts: &PlanOp
         graph: DiGraph::new(),
         index: BTreeMap::new(),
     };
+    // Instances are keyed by CLAWID: a manifest instance's CLAWID is derived from its name,
+    // and `run` instances share a name prefix but never a CLAWID.
     let want: BTreeMap<&str, &DesiredInstance> =
-        desired.iter().map(|d| (d.name.as_str(), &**d)).collect();
-    let have: BTreeMap<&str, &Observed> =
-        actual.iter().map(|o| (o.record.name.as_str(), o)).collect();
-    let names: BTreeSet<&str> = want.keys().chain(have.keys()).copied().collect();
+        desired.iter().map(|d| (d.clawid.as_str(), &**d)).collect();
+    let have: BTreeMap<&str, &Observed> = actual
+        .iter()
+        .map(|o| (o.record.clawid.as_str(), o))
+        .collect();
+    let ids: BTreeSet<&str> = want.keys().chain(have.keys()).copied().collect();
 
     let mut changes = Vec::new();
     // Host ports an instance frees (stop) and claims (start), for ordering across instances.
     let mut frees: Vec<(u16, NodeIndex)> = Vec::new();
     let mut claims: Vec<(u16, NodeIndex)> = Vec::new();
 
-    for name in names {
-        let d = want.get(name).copied();
-        let o = have.get(name).copied();
-        let clawid = d
-            .map(|d| d.clawid.clone())
-            .or_else(|| o.map(|o| o.record.clawid.clone()))
+    for id in ids {
+        let d = want.get(id).copied();
+        let o = have.get(id).copied();
+        let clawid = id.to_string();
+        let name = d
+            .map(|d| d.name.as_str())
+            .or_else(|| o.map(|o| o.record.name.as_str()))
             .unwrap_or_default();
         let running = o.is_some_and(Observed::is_running);
         let id = || clawid.clone();
@@ -663,6 +668,7 @@ pub fn plan(desired: &[Arc<DesiredInstance>], actual: &[Observed], opts: &PlanOp
         }
     }
 
+    changes.sort_by(|a, b| a.name.cmp(&b.name).then(a.clawid.cmp(&b.clawid)));
     Plan {
         changes,
         graph: b.graph,

@@ -131,6 +131,16 @@ pub struct Record {
     /// Number of restarts after unexpected exits (watch mode).
     #[serde(default)]
     pub restart_count: u32,
+    /// Consecutive unexpected exits without a stable run in between (drives the backoff).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crash_streak: u32,
+    /// No automatic restart before this time (watch-mode backoff).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339::option"
+    )]
+    pub backoff_until: Option<SystemTime>,
     /// The last error, without secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -140,6 +150,10 @@ pub struct Record {
     /// Last update.
     #[serde(with = "rfc3339")]
     pub updated_at: SystemTime,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Errors reading or writing records.
@@ -239,12 +253,17 @@ impl Record {
         };
         let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
         dirs.sort();
-        for d in dirs {
+        let read = crate::par::par_map(&dirs, |d| {
             let p = d.join(RECORD_FILE);
-            if !p.exists() {
-                continue;
-            }
             match Record::read(&p) {
+                Err(RecordError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    None
+                }
+                r => Some(r),
+            }
+        });
+        for r in read.into_iter().flatten() {
+            match r {
                 Ok(r) => good.push(r),
                 Err(e) => bad.push(e),
             }

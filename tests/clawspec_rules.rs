@@ -393,7 +393,7 @@ fn validator_rules() {
     expect_one(
         |v| with_validator(v, json!({"kind": "regex", "pattern": "("}), None),
         "bootstrap.params.required[0].validator.pattern",
-        "invalid regular expression",
+        "invalid regular expression: unclosed group",
     );
     expect_one(
         |v| with_validator(v, json!({"kind": "regex"}), None),

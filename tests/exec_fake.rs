@@ -363,3 +363,18 @@ fn crash_after_every_action_converges() {
         }
     }
 }
+
+#[test]
+fn sweep_removes_dead_writers_temp_files_but_not_under_a_held_lock() {
+    let (_t, home, drv) = setup();
+    let desired = vec![d("a").build(), d("b").build()];
+    pass(&home, &drv, &desired, &opts(false));
+    let (a, b) = (&desired[0].clawid, &desired[1].clawid);
+    for id in [a, b] {
+        std::fs::write(home.claw_dir(id).join(".record.json.tmp.999.1"), b"torn").unwrap();
+    }
+    let _held = clawfarm::lock::lock_instance(&home, b, None).unwrap();
+    assert_eq!(clawfarm::engine::sweep_temp_files(&home), 1);
+    assert!(!home.claw_dir(a).join(".record.json.tmp.999.1").exists());
+    assert!(home.claw_dir(b).join(".record.json.tmp.999.1").exists());
+}

@@ -202,6 +202,8 @@ impl D {
                 ..Runtime::default()
             },
             restart_count: 0,
+            crash_streak: 0,
+            backoff_until: None,
             last_error: None,
             created_at: t,
             updated_at: t,

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what clawfarm's demo and tests need on a fresh Debian bookworm host. Idempotent:
+# does nothing when everything is present.
+set -euo pipefail
+
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v qemu-img >/dev/null || need+=(qemu-utils/bookworm)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+[ -e /usr/lib/grub/i386-pc/boot.img ] || need+=(grub-pc-bin)
+command -v grub-mkimage >/dev/null || need+=(grub2-common)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v sfdisk >/dev/null || need+=(fdisk)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v tmux >/dev/null || need+=(tmux)
+command -v curl >/dev/null || need+=(curl)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup-host: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Installing qemu-system-x86 removes a backports qemu-utils if one is present, so
+  # qemu-utils is pinned to bookworm's (downgrading when needed).
+  case " ${need[*]} " in *" qemu-system-x86 "*) need+=(qemu-utils/bookworm) ;; esac
+  apt-get install -y -qq --no-install-recommends --allow-downgrades "${need[@]}" >&2
+fi
+command -v qemu-img >/dev/null || {
+  apt-get install -y -qq --no-install-recommends --allow-downgrades qemu-utils/bookworm >&2
+}
+echo "setup-host: ok ($(qemu-system-x86_64 --version | head -1))" >&2

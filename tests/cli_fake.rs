@@ -1,0 +1,485 @@
+//! The `clawfarm` binary on the fake driver (`CLAWFARM_DRIVER=fake`): exit codes, bad input
+//! changes nothing, concurrent applies, `kill -9` mid-apply, and secrets never leak.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const SECRET: &str = "sk-test-SECRET-4c1f9e";
+
+struct Env {
+    _t: tempfile::TempDir,
+    home: PathBuf,
+    dir: PathBuf,
+}
+
+fn clawspec_json() -> String {
+    serde_json::json!({
+        "schema_version": 3,
+        "name": "demo",
+        "image": [{"name": "base", "ref": "https://example.invalid/base.qcow2",
+                   "sha256": "a".repeat(64)}],
+        "bootstrap": {
+            "id": "openclaw",
+            "install_script": "true",
+            "start_script": "true",
+            "params": {
+                "required": [{"key": "OPENAI_API_KEY", "label": "OpenAI key", "secret": true,
+                              "validator": {"kind": "non_empty"}}],
+                "optional": [{"key": "MODEL", "label": "Model", "secret": false,
+                              "default": "gpt-4o"}]
+            }
+        }
+    })
+    .to_string()
+}
+
+fn manifest(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: clawfarm/v1\nkind: Claw\nmetadata:\n  name: {name}\nspec:\n  clawbox: ../demo.clawbox\n  params:\n    OPENAI_API_KEY: {{env: TEST_OPENAI_KEY}}\n{extra}"
+    )
+}
+
+fn env() -> Env {
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("home");
+    let dir = t.path().join("agents");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(t.path().join("demo.clawbox"), clawspec_json()).unwrap();
+    for n in ["alpha", "beta"] {
+        std::fs::write(dir.join(format!("{n}.yaml")), manifest(n, "")).unwrap();
+    }
+    Env { _t: t, home, dir }
+}
+
+impl Env {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_clawfarm"));
+        c.args(args)
+            .env("CLAWFARM_HOME", &self.home)
+            .env("CLAWFARM_DRIVER", "fake")
+            .env("TEST_OPENAI_KEY", SECRET)
+            .env_remove("CLAWFARM_FAKE_FAIL")
+            .env_remove("CLAWFARM_FAKE_DELAY_MS")
+            .stdin(Stdio::null());
+        c
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+    fn dir(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+    fn claws(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.home.join("claws"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// Every file under `dir`, except the seeds (which must carry param values into the guest).
+fn grep_tree(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            hits.extend(grep_tree(&p, needle));
+        } else if p.file_name().is_some_and(|n| n != "seed.img") {
+            let b = std::fs::read(&p).unwrap_or_default();
+            if b.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn plan_apply_plan_exit_codes() {
+    let e = env();
+    let v = e.run(&["validate", "-f", e.dir()]);
+    assert_eq!(code(&v), 0, "{}", text(&v));
+    let p = e.run(&["plan", "-f", e.dir()]);
+    assert_eq!(code(&p), 2, "{}", text(&p));
+    assert!(
+        text(&p).contains("Plan: 2 to create, 0 unchanged."),
+        "{}",
+        text(&p)
+    );
+    let a = e.run(&["apply", "-f", e.dir()]);
+    assert_eq!(code(&a), 0, "{}", text(&a));
+    assert!(
+        String::from_utf8_lossy(&a.stdout).contains("2 created, 0 replaced, 0 deleted, 0 failed")
+    );
+    let p = e.run(&["plan", "-f", e.dir()]);
+    assert_eq!(code(&p), 0, "{}", text(&p));
+    let ps = e.run(&["ps", "-o", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "ready")
+    );
+}
+
+#[test]
+fn bad_edit_reports_location_and_keeps_instances() {
+    let e = env();
+    assert_eq!(code(&e.run(&["apply", "-f", e.dir()])), 0);
+    let before = e.claws();
+    // Break one manifest (unknown field) and remove nothing else.
+    std::fs::write(e.dir.join("beta.yaml"), manifest("beta", "  cpuz: 2\n")).unwrap();
+    for prune in [false, true] {
+        let mut args = vec!["apply", "-f", e.dir()];
+        if prune {
+            args.push("--prune");
+        }
+        let a = e.run(&args);
+        assert_eq!(code(&a), 1, "{}", text(&a));
+        let t = text(&a);
+        assert!(t.contains("beta.yaml:9:"), "error names file and line: {t}");
+        assert_eq!(
+            e.claws(),
+            before,
+            "a bad manifest removed something (prune={prune})"
+        );
+    }
+    // Deleting the manifest with --prune does delete (the bad file is gone, not broken).
+    std::fs::remove_file(e.dir.join("beta.yaml")).unwrap();
+    let a = e.run(&["apply", "--prune", "-f", e.dir()]);
+    assert_eq!(code(&a), 0, "{}", text(&a));
+    assert_eq!(e.claws().len(), 1);
+}
+
+#[test]
+fn secret_literal_is_refused_and_nothing_changes() {
+    let e = env();
+    std::fs::write(
+        e.dir.join("alpha.yaml"),
+        "apiVersion: clawfarm/v1\nkind: Claw\nmetadata:\n  name: alpha\nspec:\n  clawbox: ../demo.clawbox\n  params:\n    OPENAI_API_KEY: sk-literal-value\n",
+    )
+    .unwrap();
+    let a = e.run(&["apply", "-f", e.dir()]);
+    assert_eq!(code(&a), 1);
+    let t = text(&a);
+    assert!(t.contains("alpha.yaml:8:"), "{t}");
+    assert!(t.contains("secret"), "{t}");
+    assert!(
+        !t.contains("sk-literal-value"),
+        "the refused value is echoed: {t}"
+    );
+    // beta was fine and was created; alpha was not.
+    assert_eq!(e.claws().len(), 1);
+}
+
+#[test]
+fn missing_required_param_lists_how_to_supply_it() {
+    let e = env();
+    let o = e
+        .cmd(&["plan", "-f", e.dir()])
+        .env_remove("TEST_OPENAI_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1);
+    let t = text(&o);
+    assert!(t.contains("TEST_OPENAI_KEY is not set"), "{t}");
+}
+
+#[test]
+fn secrets_never_leak_after_apply_failed_apply_and_watch() {
+    let e = env();
+    let mut outputs = Vec::new();
+    outputs.push(e.run(&["apply", "-f", e.dir()]));
+    // Change the secret: plan says which param changed, not the value.
+    let p = e
+        .cmd(&["plan", "-f", e.dir()])
+        .env("TEST_OPENAI_KEY", format!("{SECRET}-rotated"))
+        .output()
+        .unwrap();
+    assert!(
+        text(&p).contains("param OPENAI_API_KEY changed (sensitive value)"),
+        "{}",
+        text(&p)
+    );
+    outputs.push(p);
+    // A failed apply (injected driver failure) with the rotated secret.
+    outputs.push(
+        e.cmd(&["apply", "-f", e.dir(), "-o", "json"])
+            .env("TEST_OPENAI_KEY", format!("{SECRET}-rotated"))
+            .env("CLAWFARM_FAKE_FAIL", "write-seed:alpha")
+            .output()
+            .unwrap(),
+    );
+    outputs.push(e.run(&["ps"]));
+    outputs.push(e.run(&["ps", "-o", "json"]));
+    outputs.push(e.run(&["plan", "-f", e.dir(), "-o", "json"]));
+    outputs.push(e.run(&["events"]));
+    // A watch cycle, stopped with SIGTERM.
+    let w = e
+        .cmd(&[
+            "watch",
+            e.dir(),
+            "--resync",
+            "200ms",
+            "--log-format",
+            "json",
+        ])
+        .env("CLAWFARM_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
+    let wo = w.wait_with_output().unwrap();
+    assert_eq!(code(&wo), 0, "watch exits 0 on SIGTERM: {}", text(&wo));
+    outputs.push(wo);
+    for o in &outputs {
+        assert!(!text(o).contains(SECRET), "secret in output: {}", text(o));
+    }
+    let hits = grep_tree(&e.home, SECRET);
+    assert!(hits.is_empty(), "secret found in {hits:?}");
+}
+
+#[test]
+fn two_concurrent_applies_create_each_instance_once() {
+    let e = env();
+    let spawn = || {
+        e.cmd(&["apply", "-f", e.dir()])
+            .env("CLAWFARM_FAKE_DELAY_MS", "50")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(code(&a), 0, "{}", text(&a));
+    assert_eq!(code(&b), 0, "{}", text(&b));
+    // At most one waited (when they overlapped, which load can prevent).
+    let waited = [&a, &b]
+        .iter()
+        .filter(|o| text(o).contains("waiting for the apply lock held by pid"))
+        .count();
+    assert!(waited <= 1, "{}\n---\n{}", text(&a), text(&b));
+    let ev = std::fs::read_to_string(e.home.join("events.jsonl")).unwrap();
+    let creates = ev
+        .lines()
+        .filter(|l| l.contains("\"create-disk\"") && l.contains("\"ok\""))
+        .count();
+    assert_eq!(creates, 2, "each instance created exactly once");
+    assert_eq!(e.claws().len(), 2);
+}
+
+#[test]
+fn lock_timeout_zero_fails_fast_naming_the_holder() {
+    let e = env();
+    let mut slow = e
+        .cmd(&["apply", "-f", e.dir()])
+        .env("CLAWFARM_FAKE_DELAY_MS", "300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let o = e.run(&["apply", "-f", e.dir(), "--lock-timeout", "0"]);
+    slow.wait().unwrap();
+    assert_eq!(code(&o), 1);
+    let t = text(&o);
+    assert!(
+        t.contains("is held by pid") && t.contains("clawfarm"),
+        "{t}"
+    );
+}
+
+#[test]
+fn kill_9_mid_apply_then_rerun_converges() {
+    let mut interrupted = 0;
+    for (i, delay_ms) in [60u64, 170, 290, 410, 530, 650].into_iter().enumerate() {
+        let e = env();
+        for n in ["gamma", "delta"] {
+            std::fs::write(
+                e.dir.join(format!("{n}.yaml")),
+                manifest(n, "  state: stopped\n"),
+            )
+            .unwrap();
+        }
+        let mut c = e
+            .cmd(&["apply", "-f", e.dir(), "--parallelism", "2"])
+            .env("CLAWFARM_FAKE_DELAY_MS", "40")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        c.kill().unwrap(); // SIGKILL
+        c.wait().unwrap();
+        if code(&e.run(&["plan", "-f", e.dir()])) == 2 {
+            interrupted += 1;
+        }
+        let a = e.run(&["apply", "-f", e.dir()]);
+        assert_eq!(code(&a), 0, "run {i}: {}", text(&a));
+        let p = e.run(&["plan", "-f", e.dir()]);
+        assert_eq!(code(&p), 0, "run {i}: not converged: {}", text(&p));
+        assert_eq!(e.claws().len(), 4, "run {i}: {:?}", e.claws());
+        // No temp files from torn writes are left where records live.
+        for id in e.claws() {
+            let d = e.home.join("claws").join(&id);
+            for f in std::fs::read_dir(&d).unwrap().flatten() {
+                let n = f.file_name().to_string_lossy().into_owned();
+                assert!(!n.contains(".tmp."), "run {i}: leftover {n} in {id}");
+            }
+        }
+    }
+    assert!(
+        interrupted >= 3,
+        "only {interrupted} of 6 kills interrupted an apply"
+    );
+}
+
+#[test]
+fn schema_and_completions_print() {
+    let e = env();
+    let s = e.run(&["schema"]);
+    assert_eq!(code(&s), 0);
+    let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+    assert!(v.to_string().contains("clawbox"));
+    let c = e.run(&["completions", "bash"]);
+    assert_eq!(code(&c), 0);
+    assert!(String::from_utf8_lossy(&c.stdout).contains("clawfarm"));
+}
+
+#[test]
+fn mistyped_path_with_prune_deletes_nothing() {
+    let e = env();
+    assert_eq!(code(&e.run(&["apply", "-f", e.dir()])), 0);
+    let before = e.claws();
+    let typo = format!("{}-typo", e.dir());
+    let a = e.run(&["apply", "--prune", "-f", &typo]);
+    assert_eq!(code(&a), 1, "{}", text(&a));
+    assert!(text(&a).contains("not pruning"), "{}", text(&a));
+    assert_eq!(e.claws(), before);
+    // With one good path and one bad one, still nothing is pruned.
+    let a = e.run(&["apply", "--prune", "-f", e.dir(), "-f", &typo]);
+    assert_eq!(code(&a), 1);
+    assert_eq!(e.claws(), before);
+}
+
+#[test]
+fn apply_waits_for_the_lock_naming_the_holder() {
+    let e = env();
+    std::fs::create_dir_all(&e.home).unwrap();
+    let held = clawfarm::lock::lock(&e.home.join("apply.lock"), "test", None, |_| {}).unwrap();
+    let child = e
+        .cmd(&["apply", "-f", e.dir()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(e.claws().is_empty(), "apply ran while the lock was held");
+    drop(held);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains(&format!(
+            "waiting for the apply lock held by pid {}",
+            std::process::id()
+        )),
+        "{t}"
+    );
+    assert_eq!(e.claws().len(), 2);
+}
+
+#[test]
+fn run_twice_gives_two_instances_through_the_engine() {
+    let e = env();
+    let bx = e.dir.parent().unwrap().join("demo.clawbox");
+    let pf = e.dir.parent().unwrap().join("params.env");
+    std::fs::write(
+        &pf,
+        format!("# secrets\nOPENAI_API_KEY='{SECRET}'\nMODEL=gpt-4o-mini\n"),
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let o = e.run(&[
+            "run",
+            bx.to_str().unwrap(),
+            "--name",
+            "adhoc",
+            "--param-file",
+            pf.to_str().unwrap(),
+        ]);
+        assert_eq!(code(&o), 0, "{}", text(&o));
+        let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        assert!(
+            id.starts_with("adhoc-") && id.len() == "adhoc-".len() + 6,
+            "{id}"
+        );
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+    let ps = e.run(&["ps", "-o", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    let names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["adhoc", "adhoc"]);
+    // An apply with --prune of the manifest folder leaves run instances alone.
+    let a = e.run(&["apply", "--prune", "-f", e.dir()]);
+    assert_eq!(code(&a), 0, "{}", text(&a));
+    for id in &ids {
+        assert!(e.claws().contains(id));
+    }
+    assert!(grep_tree(&e.home, SECRET).is_empty());
+    assert!(!text(&ps).contains(SECRET));
+}
+
+#[test]
+fn run_without_required_param_fails_before_any_vm_listing_how() {
+    let e = env();
+    let bx = e.dir.parent().unwrap().join("demo.clawbox");
+    let o = e.run(&["run", bx.to_str().unwrap(), "--name", "adhoc"]);
+    assert_eq!(code(&o), 1);
+    let t = text(&o);
+    assert!(t.contains("OPENAI_API_KEY") && t.contains("--param"), "{t}");
+    assert!(e.claws().is_empty(), "a VM was created");
+    let o = e.run(&[
+        "run",
+        bx.to_str().unwrap(),
+        "--name",
+        "Bad_Name",
+        "--param",
+        "OPENAI_API_KEY=x",
+    ]);
+    assert_eq!(code(&o), 1);
+    assert!(text(&o).contains("--name"), "{}", text(&o));
+}
