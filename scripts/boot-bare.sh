@@ -25,7 +25,7 @@ IMAGE="$(readlink -f "${1:?usage: boot-bare.sh IMAGE WORKDIR}")"
 WORK="${2:?usage: boot-bare.sh IMAGE WORKDIR}"
 TIMEOUT="${CLAWFARM_BOOT_TIMEOUT:-600}"
 QEMU="${QEMU:-qemu-system-x86_64}"
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO="${CLAWFARM_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 
 mkdir -p "$WORK"
@@ -44,6 +44,21 @@ stop_vm() {
   QEMU_PID=""
 }
 trap '[[ "${KEEP:-}" == 1 ]] || stop_vm' EXIT
+
+# Host tools. On a fresh machine qemu-utils may come from backports (newer) and installing
+# qemu-system-x86 would remove it: install both from bookworm, allowing the downgrade.
+need=()
+command -v "$QEMU" >/dev/null 2>&1 || need+=(qemu-system-x86 qemu-utils/bookworm)
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils/bookworm)
+command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if (( ${#need[@]} )); then
+  log "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends --allow-downgrades \
+    $(printf '%s\n' "${need[@]}" | sort -u) >&2
+fi
 
 log "building the helper (cargo build --example guest_tool)"
 (cd "$REPO" && cargo build -q --example guest_tool)
@@ -114,7 +129,7 @@ start_vm() { # $1 = nonce
     -serial "file:$WORK/serial.log" \
     -drive "if=virtio,format=qcow2,file=$WORK/overlay.qcow2" \
     -drive "if=virtio,format=raw,file=$SEED,readonly=on" \
-    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$PORT-:22" -device virtio-net-pci,netdev=n0 \
+    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$PORT-:22" -device virtio-net-pci,netdev=n0,romfile= \
     -device virtio-serial-pci \
     -chardev "file,id=clawstatus,path=$WORK/status.log" \
     -device virtserialport,chardev=clawstatus,name=org.clawfarm.status \
@@ -192,7 +207,7 @@ gssh cat /etc/clawfarm/params.env >/dev/null 2>&1 && die "claw can read params.e
 ok "params.env content and root-only"
 expect_eq "install saw the param and the payload" \
   "install sees GREETING=$GREETING and payload payload file from the host" \
-  "$(gssh sudo grep '^install sees' /var/log/clawfarm/install.log)"
+  "$(gssh sudo grep "'^install sees'" /var/log/clawfarm/install.log)"
 expect_eq "phase order (boot 1)" \
   "install start provision0 provision1 step=1 token_len=12 provision2-try" \
   "$(gssh cat /var/lib/claw-order | tr '\n' ' ' | sed 's/ $//')"
@@ -205,12 +220,17 @@ expect_eq "seed label" "CIDATA" "$(gssh sudo blkid -o value -s LABEL /dev/vdb)"
 expect_eq "seed file names" "meta-data network-config user-data" \
   "$(gssh "sudo mkdir -p /mnt/seed && sudo mount -o ro /dev/vdb /mnt/seed && ls /mnt/seed | tr '\n' ' ' | sed 's/ \$//'; sudo umount /mnt/seed")"
 expect_eq "cloud-init status" "status: done" "$(gssh cloud-init status)"
+SCHEMA="$(gssh sudo cloud-init schema --system 2>&1 || true)"
+[[ "$SCHEMA" == *"Valid cloud-config"* ]] || die "cloud-init schema --system: $SCHEMA"
+ok "user-data passes cloud-init's schema"
 expect_eq "hostname" "claw-bare" "$(gssh hostname)"
 expect_eq "NoCloud datasource" "DataSourceNoCloud [seed=/dev/vdb][dsmode=net]" "$(gssh sudo cat /run/cloud-init/status.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["v1"]["datasource"])')"
 gssh ip -4 -o addr show eth0 | grep -q 10.0.2.15 || die "eth0 has no DHCP address"
 ok "eth0 got its address by DHCP"
 expect_eq "host keys in the guest" "/etc/ssh/ssh_host_ed25519_key.pub" "$(gssh ls /etc/ssh/ | grep '^ssh_host_.*pub$' | sed 's|^|/etc/ssh/|')"
 
+gssh systemd-analyze > "$WORK/systemd-analyze.txt" 2>&1 || true
+gssh systemd-analyze blame 2>/dev/null | head -n 15 >> "$WORK/systemd-analyze.txt" || true
 log "powering off"
 gssh sudo systemctl poweroff >/dev/null 2>&1 || true
 for _ in $(seq 120); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 1; done
@@ -225,14 +245,15 @@ NONCE2="$("$TOOL" nonce)"
 log "boot 2 (nonce $NONCE2)"
 T0=$(date +%s.%N)
 start_vm "$NONCE2"
-ST2="$("$TOOL" status "$WORK/status.log" "$NONCE1")"
-[[ "$ST2" == *'"booted":false'* ]] || die "boot 1 lines count under boot 2: $ST2"
 ST2="$(wait_final "$NONCE2" "${T0%.*}")"
 T1=$(date +%s.%N)
 BOOT2=$(python3 -c "print(round($T1 - $T0, 1))")
 log "boot 2 final status after ${BOOT2}s: $ST2"
 [[ "$ST2" == *'"done":true'* ]] || die "boot 2 did not reach done: $ST2"
 ok "boot 2 reached done"
+ST1B="$("$TOOL" status "$WORK/status.log" "$NONCE1")"
+[[ "$ST1B" == *'"booted":false'* ]] || die "boot 1 lines still count after boot 2: $ST1B"
+ok "boot 1 lines do not count under boot 2 (QEMU truncated status.log; nonce differs)"
 STARTED2="$(grep -o "\"boot\": \"$NONCE2\", \"phase\": \"[a-z-]*\"\(, \"step\": [0-9]*\)\?[^}]*\"status\": \"started\"" "$WORK/status.log" | sed -E 's/.*"phase": "([a-z-]+)"(, "step": ([0-9]+))?.*/\1\3/' | tr '\n' ' ' | sed 's/ $//')"
 expect_eq "phases started on boot 2" "cloud-init mount start provision2" "$STARTED2"
 wait_ssh
@@ -243,6 +264,8 @@ sleep 3
 expect_eq "daemon from start_script survives the runner" "served by start_script" \
   "$(gssh curl -fsS http://127.0.0.1:8080/index.html)"
 expect_eq "bootstrap unit state" "active" "$(gssh systemctl is-active clawfarm-bootstrap.service)"
+gssh systemd-analyze > "$WORK/systemd-analyze.boot2.txt" 2>&1 || true
+gssh systemd-analyze blame 2>/dev/null | head -n 15 >> "$WORK/systemd-analyze.boot2.txt" || true
 
 log "timings: boot 1 (first boot of the instance) to final status ${BOOT1}s; boot 2 (reboot) to done ${BOOT2}s"
 echo "boot1_to_final_s=$BOOT1 boot2_to_done_s=$BOOT2"

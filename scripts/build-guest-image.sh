@@ -189,7 +189,18 @@ cat > "$ROOT/etc/cloud/cloud.cfg.d/99-clawfarm.cfg" <<EOF
 # clawfarm guest defaults
 datasource_list: [NoCloud, None]
 locale: C.UTF-8
+# Only the modules a claw seed uses: every module costs Python time, which is slow under TCG.
+cloud_init_modules: [migrator, seed_random, bootcmd, write-files, growpart, resizefs,
+  set_hostname, update_hostname, update_etc_hosts, users-groups, ssh]
+cloud_config_modules: [locale, set-passwords, runcmd]
+cloud_final_modules: [scripts-per-once, scripts-per-boot, scripts-per-instance, scripts-user,
+  final-message]
 EOF
+# Periodic jobs a short-lived sandbox does not want (CPU and network under TCG).
+for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
+    fstrim.timer; do
+  ln -sfn /dev/null "$ROOT/etc/systemd/system/$unit"
+done
 # Load the modules the status channel and the 9p shares need at every boot.
 cat > "$ROOT/etc/modules-load.d/clawfarm.conf" <<EOF
 qemu_fw_cfg

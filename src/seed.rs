@@ -389,7 +389,7 @@ pub fn render_user_data(input: &SeedInput) -> String {
         "disable_root": true,
         "ssh_pwauth": false,
         "ssh_deletekeys": true,
-        "ssh_genkeytypes": [],
+        "ssh_genkeytypes": ["ed25519"],
         "ssh_keys": {
             "ed25519_private": input.host_key_private,
             "ed25519_public": input.host_key_public.trim(),

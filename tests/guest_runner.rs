@@ -214,6 +214,7 @@ fn failing_provision_step_reports_code_and_tail_and_retries() {
     assert_eq!(f.code, 7);
     assert!(f.tail.contains("trying step flaky"), "{}", f.tail);
     assert!(f.tail.contains("it broke"), "{}", f.tail);
+    assert_eq!(f.tail, "trying step flaky\nit broke");
     assert_eq!(st.events.last().unwrap().state, StepState::Failed);
 
     // Next boot: the succeeded steps are not rerun, the failed one is retried.

@@ -112,13 +112,15 @@ class Reporter:
         write_all(p(LOG_DIR + "/status.log"), text.encode("ascii"))
 
 
-def tail_of(path):
+def tail_of(path, start=0, end=None):
+    """The last lines of `path` between offsets `start` and `end` (this run's output)."""
     try:
         with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            data = f.read()
+            if end is None:
+                f.seek(0, os.SEEK_END)
+                end = f.tell()
+            f.seek(max(start, end - 64 * 1024))
+            data = f.read(end - f.tell())
     except OSError as e:
         return "(no log: %s)" % e
     lines = data.decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
@@ -137,6 +139,7 @@ def check_cloud_init(rep):
     with open(log, "ab") as out:
         out.write(("=== clawfarm cloud-init status %s ===\n" % now()).encode())
         out.flush()
+        start = out.tell()
         try:
             rc = subprocess.run(shlex.split(cmd), stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, check=False).returncode
@@ -147,7 +150,7 @@ def check_cloud_init(rep):
     if rc in (0, 2):
         rep.emit("cloud-init", "ok", code=0)
         return True
-    rep.emit("cloud-init", "failed", code=exit_code(rc), tail=tail_of(log))
+    rep.emit("cloud-init", "failed", code=exit_code(rc), tail=tail_of(log, start))
     return False
 
 
@@ -159,6 +162,8 @@ def do_mounts(rep, mounts):
     failed = 0
     with open(log, "ab") as out:
         out.write(("=== clawfarm mount %s ===\n" % now()).encode())
+        out.flush()
+        start = out.tell()
         for m in mounts:
             path = p(m["path"])
             os.makedirs(path, exist_ok=True)
@@ -178,7 +183,7 @@ def do_mounts(rep, mounts):
                 failed = exit_code(rc)
                 break
     if failed:
-        rep.emit("mount", "failed", code=failed, tail=tail_of(log))
+        rep.emit("mount", "failed", code=failed, tail=tail_of(log, start))
         return False
     rep.emit("mount", "ok", code=0)
     return True
@@ -208,6 +213,7 @@ def run_phase(rep, cfg, ph, env_base, state):
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, ("=== clawfarm %s %s ===\n" % (key, now())).encode())
+        start = os.lseek(fd, 0, os.SEEK_END)
         try:
             # Output goes straight to the log file (no pipe): a daemon the script leaves in
             # the background keeps the fd and does not hold the runner.
@@ -217,12 +223,14 @@ def run_phase(rep, cfg, ph, env_base, state):
         except OSError as e:
             os.write(fd, ("cannot run %s: %s\n" % (argv, e)).encode())
             rc = 127
+        end = os.lseek(fd, 0, os.SEEK_END)
         os.write(fd, ("=== exit %d ===\n" % exit_code(rc)).encode())
     finally:
         os.close(fd)
     code = exit_code(rc)
     if code != 0:
-        rep.emit(phase, "failed", step=step, name=name, code=code, tail=tail_of(log))
+        rep.emit(phase, "failed", step=step, name=name, code=code,
+                 tail=tail_of(log, start, end))
         return False
     if ph.get("once"):
         with open(marker, "w") as f:
