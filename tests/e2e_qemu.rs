@@ -6,9 +6,9 @@
 //! CLAWFARM_E2E=1 cargo test --test e2e_qemu -- --nocapture
 //! ```
 //!
-//! Needs `qemu-system-x86_64`, `qemu-img`, `ssh` and `tar`, and the guest image of
-//! `scripts/build-guest-image.sh` (cached; built when missing, which needs root and a few
-//! minutes). `CLAWFARM_E2E_ACCEL` (default `tcg`) picks the accelerator; `auto` exercises the
+//! Needs `qemu-system-x86_64`, `qemu-img`, `ssh` and `tar`, and the guest image:
+//! `$CLAWFARM_GUEST_IMAGE`, else `scripts/build-guest-image.sh` (cached; built when missing,
+//! which needs root and a few minutes). `CLAWFARM_E2E_ACCEL` (default `tcg`) picks the accelerator; `auto` exercises the
 //! KVM probe and watchdog.
 //!
 //! One test, sequential, to keep the 2-core CI machine from running four VMs at once:
@@ -27,7 +27,6 @@
 //! 7. `clawfarm start alpha` → ready again (second boot: install/provision not rerun);
 //!    `clawfarm rm -f` keeps volumes, `rm --purge` deletes them.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -36,18 +35,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use clawfarm::desired::{self, DesiredInstance, ParamEnv};
+use clawfarm::desired;
 use clawfarm::driver::accel::AccelMode;
 use clawfarm::driver::cmdline::QemuSpec;
 use clawfarm::driver::host::{HostConfig, HostDriver, free_port, http_answers};
 use clawfarm::driver::layout::{InstanceFiles, volumes_dir};
-use clawfarm::engine::{self, PassOptions};
-use clawfarm::events::EventSink;
-use clawfarm::exec::ExecOptions;
 use clawfarm::home::Home;
-use clawfarm::manifest::{Claw, ClawboxRef, DesiredState, ParamSource, Port, SourceLoc, Volume};
-use clawfarm::plan::{Action, PlanOptions};
-use clawfarm::record::{Origin, Record};
+use clawfarm::record::Record;
 
 const API_KEY: &str = "sk-e2e-Secret'Value";
 
@@ -77,8 +71,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The cached guest image (built by the guest branch's script when missing).
+/// The guest image: `$CLAWFARM_GUEST_IMAGE` (set by `scripts/test.sh`), else the cached one
+/// from `scripts/build-guest-image.sh` (built when missing).
 fn guest_image() -> PathBuf {
+    if let Some(p) = std::env::var_os("CLAWFARM_GUEST_IMAGE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
     let out = Command::new("bash")
         .arg(repo().join("scripts/build-guest-image.sh"))
         .stderr(Stdio::inherit())
@@ -127,6 +125,17 @@ fn serve(file: PathBuf) -> (u16, Arc<AtomicUsize>) {
         }
     });
     (port, hits)
+}
+
+/// SHA-256 of a file: `sha256sum` when present (this test binary is unoptimised), else ours.
+fn sha256(p: &Path) -> String {
+    if let Ok(o) = Command::new("sha256sum").arg(p).output()
+        && o.status.success()
+        && let Some(h) = String::from_utf8_lossy(&o.stdout).split_whitespace().next()
+    {
+        return h.to_string();
+    }
+    clawfarm::digest::sha256_file(p).unwrap()
 }
 
 fn clawspec_json(url: &str, sha: &str) -> serde_json::Value {
@@ -179,32 +188,15 @@ fn make_bundle(dir: &Path, url: &str, sha: &str) -> PathBuf {
     out
 }
 
-fn claw(name: &str, bundle: &Path, ports: Vec<Port>, params: &[(&str, ParamSource)]) -> Claw {
-    let loc = SourceLoc {
-        file: PathBuf::from(format!("/e2e/{name}.yaml")),
-        line: 1,
-        col: 1,
-    };
-    Claw {
-        loc: loc.clone(),
-        name: name.into(),
-        clawbox: ClawboxRef::Path(bundle.to_owned()),
-        clawbox_loc: loc,
-        state: DesiredState::Running,
-        replicas: 1,
-        cpus: 1,
-        memory_mib: 1024,
-        ports,
-        params: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect::<BTreeMap<_, _>>(),
-        param_locs: BTreeMap::new(),
-        volumes: vec![Volume {
-            name: "data".into(),
-            guest_path: "/srv/data".into(),
-        }],
-    }
+/// Write the manifest of one instance into `dir`.
+fn manifest(dir: &Path, name: &str, bundle: &Path, extra: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let y = format!(
+        "apiVersion: clawfarm/v1\nkind: Claw\nmetadata:\n  name: {name}\nspec:\n  clawbox: {}\n  \
+         memory: 1GiB\n  volumes: [{{name: data, guestPath: /srv/data}}]\n{extra}",
+        bundle.display()
+    );
+    std::fs::write(dir.join(format!("{name}.yaml")), y).unwrap();
 }
 
 struct Env {
@@ -279,35 +271,39 @@ impl Env {
     }
 }
 
-async fn apply(
-    env: &Env,
-    driver: &Arc<HostDriver>,
-    desired: &[Arc<DesiredInstance>],
-) -> engine::PassOutcome {
-    engine::reconcile(
-        &env.home,
-        driver.clone(),
-        desired,
-        Origin::Manifest,
-        EventSink::to_file(env.home.events_log()),
-        &PassOptions {
-            plan: PlanOptions::default(),
-            exec: ExecOptions {
-                parallelism: 4,
-                ..ExecOptions::default()
-            },
-        },
-    )
-    .await
+/// `clawfarm apply -f DIR -o json`: (success, JSON report, seconds).
+fn apply(env: &Env, dir: &Path) -> (bool, serde_json::Value, f64) {
+    let t = Instant::now();
+    let o = Command::new(&env.bin)
+        .arg("--home")
+        .arg(env.home.root())
+        .args(["apply", "-o", "json", "-f"])
+        .arg(dir)
+        .env("E2E_API_KEY", API_KEY)
+        .env_remove("CLAWFARM_DRIVER")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("apply output is not JSON ({e}): {:?}", o.stdout));
+    (o.status.success(), v, secs)
 }
 
-fn wait_ready_millis(out: &engine::PassOutcome, clawid: &str) -> u128 {
-    out.report
-        .nodes
+/// Seconds spent in the nodes of `verb` (optionally of one instance).
+fn node_secs(report: &serde_json::Value, verb: &str, clawid: Option<&str>) -> f64 {
+    report["nodes"]
+        .as_array()
+        .unwrap()
         .iter()
-        .filter(|n| matches!(&n.action, Action::WaitReady { clawid: c } if c == clawid))
-        .map(|n| n.millis)
-        .sum()
+        .filter(|n| {
+            let a = &n["action"];
+            a["action"] == verb && clawid.is_none_or(|c| a["clawid"] == c)
+        })
+        .map(|n| n["millis"].as_f64().unwrap_or(0.0))
+        .sum::<f64>()
+        / 1000.0
 }
 
 fn pid_alive(pid: u64) -> bool {
@@ -321,6 +317,7 @@ fn pid_alive(pid: u64) -> bool {
 fn bare_boot(dir: &Path, blob: &Path, seed: &Path, payload: &Path, vol: &Path) -> f64 {
     let files = InstanceFiles::at(dir);
     std::fs::create_dir_all(dir).unwrap();
+    std::fs::create_dir_all(vol).unwrap();
     let st = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
         .arg(blob)
@@ -399,7 +396,7 @@ async fn e2e_real_guests() {
 
     // ---- 1. bundle with an HTTP base image -----------------------------------------------
     let t = Instant::now();
-    let sha = clawfarm::digest::sha256_file(&image).unwrap();
+    let sha = sha256(&image);
     log(format!(
         "image sha256 {sha} ({:.1}s)",
         t.elapsed().as_secs_f64()
@@ -408,101 +405,50 @@ async fn e2e_real_guests() {
     let file_name = image.file_name().unwrap().to_string_lossy().to_string();
     let url = format!("http://127.0.0.1:{http_port}/{file_name}");
     let bundle_path = make_bundle(work.path(), &url, &sha);
-    let bundle = Arc::new(clawfarm::bundle::inspect(&home, &bundle_path).expect("inspect bundle"));
+    let bundle_digest = sha256(&bundle_path);
 
     let accel = std::env::var("CLAWFARM_E2E_ACCEL")
         .ok()
         .and_then(|s| AccelMode::parse(&s))
         .unwrap_or(AccelMode::Tcg);
-    // The CLI processes (ps, stop, start, logs) get the same accelerator.
-    // SAFETY: set before any thread of this test reads the environment concurrently.
+    // Every clawfarm process of this test (apply, ps, stop, start, logs) uses it.
+    // SAFETY: set before this test starts any thread that reads the environment.
     unsafe { std::env::set_var("CLAWFARM_ACCEL", format!("{accel:?}").to_ascii_lowercase()) };
-    let driver = Arc::new(HostDriver::with_config(
-        home.clone(),
-        HostConfig {
-            accel,
-            ready_timeout: Duration::from_secs(900),
-            ..HostConfig::from_env().unwrap()
-        },
-    ));
-
-    let key = home.secret_key().unwrap();
-    let lookup = |name: &str| (name == "E2E_API_KEY").then(|| API_KEY.to_string());
-    let penv = ParamEnv {
-        key: &key,
-        env: &lookup,
-        prompter: None,
-    };
+    let driver = HostDriver::with_config(home.clone(), HostConfig::from_env().unwrap());
+    let alpha_id = desired::clawid_for("alpha");
+    let beta_id = desired::clawid_for("beta");
     let gw_port = free_port().unwrap();
-    let alpha_claw = claw(
+    let mdir = work.path().join("manifests");
+    manifest(
+        &mdir,
         "alpha",
         &bundle_path,
-        vec![Port {
-            host: gw_port,
-            guest: 8080,
-            name: Some("gateway".into()),
-        }],
-        &[
-            ("API_KEY", ParamSource::Env("E2E_API_KEY".into())),
-            ("GREETING", ParamSource::Literal("hi 'there' $HOME".into())),
-        ],
-    );
-    let beta_claw = claw(
-        "beta",
-        &bundle_path,
-        vec![],
-        &[
-            ("API_KEY", ParamSource::Env("E2E_API_KEY".into())),
-            ("FAIL_AT", ParamSource::Literal("setup".into())),
-        ],
-    );
-    let alpha = Arc::new(
-        desired::instances_of(&alpha_claw, bundle.clone(), &penv)
-            .unwrap()
-            .remove(0),
-    );
-    let beta = Arc::new(
-        desired::instances_of(&beta_claw, bundle.clone(), &penv)
-            .unwrap()
-            .remove(0),
+        &format!(
+            "  ports: [{{host: {gw_port}, guest: 8080, name: gateway}}]\n  params:\n    \
+             API_KEY: {{env: E2E_API_KEY}}\n    GREETING: \"hi 'there' $HOME\"\n"
+        ),
     );
 
     // ---- 2. apply alpha → ready --------------------------------------------------------
-    log("apply alpha (download, import, disk, seed, boot)");
-    let t = Instant::now();
-    let out = apply(&env, &driver, std::slice::from_ref(&alpha)).await;
-    let apply_secs = t.elapsed().as_secs_f64();
-    for (a, e) in out.report.root_failures() {
-        log(format!("failed: {a}: {e}"));
-    }
-    assert!(
-        out.report.ok(),
-        "apply alpha failed: {}",
-        out.report.summary()
-    );
-    let alpha_wait = wait_ready_millis(&out, &alpha.clawid) as f64 / 1000.0;
-    let node_secs = |verb: &str| {
-        out.report
-            .nodes
-            .iter()
-            .filter(|n| n.action.verb() == verb)
-            .map(|n| n.millis)
-            .sum::<u128>() as f64
-            / 1000.0
-    };
+    log("clawfarm apply (alpha: download, import, disk, seed, boot)");
+    let (ok, report, apply_secs) = apply(&env, &mdir);
+    assert!(ok, "apply alpha failed: {report:#}");
+    let alpha_wait = node_secs(&report, "wait_ready", Some(&alpha_id));
     log(format!(
-        "alpha ready: apply {apply_secs:.1}s (fetch-blob {:.1}s, import {:.1}s, disk {:.2}s, seed {:.2}s, start {:.1}s, wait-ready {alpha_wait:.1}s)",
-        node_secs("fetch-blob"),
-        node_secs("import-bundle"),
-        node_secs("create-disk"),
-        node_secs("write-seed"),
-        node_secs("start"),
+        "alpha ready: apply {apply_secs:.1}s (fetch-blob {:.1}s, import {:.1}s, disk {:.2}s, \
+         seed {:.2}s, start {:.1}s, wait-ready {alpha_wait:.1}s)",
+        node_secs(&report, "fetch_blob", None),
+        node_secs(&report, "import_bundle", None),
+        node_secs(&report, "create_disk", None),
+        node_secs(&report, "write_seed", None),
+        node_secs(&report, "start", None),
     ));
     assert!(
         hits.load(Ordering::SeqCst) >= 1,
         "the base image was not downloaded"
     );
-    let rec_a = Record::read(&Record::path(&home, &alpha.clawid)).unwrap();
+    // The apply process is gone; its VM runs on (QEMU outlives clawfarm).
+    let rec_a = Record::read(&Record::path(&home, &alpha_id)).unwrap();
     let rt_a = rec_a.runtime.clone();
     log(format!("alpha runtime: {rt_a:?}"));
     assert!(
@@ -511,7 +457,7 @@ async fn e2e_real_guests() {
             .is_some_and(|a| a.starts_with("tcg") || a.starts_with("kvm")),
         "{rt_a:?}"
     );
-    let files_a = driver.files(&alpha.clawid);
+    let files_a = driver.files(&alpha_id);
     let disk_size = std::fs::metadata(files_a.disk()).unwrap().len();
     log(format!(
         "alpha disk overlay after first boot: {} KiB",
@@ -519,7 +465,7 @@ async fn e2e_real_guests() {
     ));
     // No param value in the record, the events, or any clawfarm log.
     for p in [
-        Record::path(&home, &alpha.clawid),
+        Record::path(&home, &alpha_id),
         home.events_log(),
         files_a.qemu_log(),
         files_a.runtime(),
@@ -561,7 +507,7 @@ async fn e2e_real_guests() {
         env.ssh_ok("alpha", "sudo cat /root/payload-copy"),
         "payload from the bundle"
     );
-    let vol_a = volumes_dir(&home, &alpha.clawid).join("data");
+    let vol_a = volumes_dir(&home, &alpha_id).join("data");
     assert_eq!(
         std::fs::read_to_string(vol_a.join("from-guest"))
             .unwrap()
@@ -586,32 +532,39 @@ async fn e2e_real_guests() {
     );
 
     // ---- 3. alpha + beta side by side; beta's provision step fails ----------------------
-    log("apply alpha + beta (beta's provision[1] fails)");
-    let t = Instant::now();
-    let out = apply(&env, &driver, &[alpha.clone(), beta.clone()]).await;
-    log(format!(
-        "apply 2 took {:.1}s: {}",
-        t.elapsed().as_secs_f64(),
-        out.report.summary()
-    ));
-    assert!(!out.report.ok());
-    let fails = out.report.root_failures();
-    assert_eq!(fails.len(), 1, "{fails:?}");
+    log("clawfarm apply (alpha + beta; beta's provision[1] fails)");
+    manifest(
+        &mdir,
+        "beta",
+        &bundle_path,
+        "  params:\n    API_KEY: {env: E2E_API_KEY}\n    FAIL_AT: setup\n",
+    );
+    let (ok, report, secs) = apply(&env, &mdir);
+    log(format!("apply 2 took {secs:.1}s: {}", report["summary"]));
+    assert!(!ok);
+    let failed: Vec<&serde_json::Value> = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["status"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{report:#}");
+    let err = failed[0]["error"].as_str().unwrap();
     assert!(
-        fails[0]
-            .1
-            .contains("provision[1] setup failed with exit code 3")
-            && fails[0].1.contains("failing on purpose"),
-        "{fails:?}"
+        err.contains("provision[1] setup failed with exit code 3")
+            && err.contains("failing on purpose"),
+        "{err}"
     );
     // alpha was left alone (same process).
     assert!(
-        out.report
-            .nodes
+        report["nodes"]
+            .as_array()
+            .unwrap()
             .iter()
-            .all(|n| n.action.clawid() != Some(&*alpha.clawid))
+            .all(|n| n["action"]["clawid"] != alpha_id.as_str()),
+        "{report:#}"
     );
-    let rec_b = Record::read(&Record::path(&home, &beta.clawid)).unwrap();
+    let rec_b = Record::read(&Record::path(&home, &beta_id)).unwrap();
     let pid_a = rt_a.process.as_ref().unwrap().pid as u64;
     let pid_b = rec_b.runtime.process.as_ref().unwrap().pid as u64;
     // (8) two instances of one bundle side by side.
@@ -682,7 +635,7 @@ async fn e2e_real_guests() {
         &work.path().join("bare"),
         &std::path::absolute(home.blob(&sha)).unwrap(),
         &files_a.seed(),
-        &std::path::absolute(home.bundle_dir(&bundle.digest).join("claw")).unwrap(),
+        &std::path::absolute(home.bundle_dir(&bundle_digest).join("claw")).unwrap(),
         &work.path().join("bare-vol"),
     );
     log(format!(
@@ -699,7 +652,7 @@ async fn e2e_real_guests() {
         out.trim()
     ));
     assert!(out.contains("ready"));
-    let rec_a2 = Record::read(&Record::path(&home, &alpha.clawid)).unwrap();
+    let rec_a2 = Record::read(&Record::path(&home, &alpha_id)).unwrap();
     assert_ne!(rec_a2.runtime.boot_nonce, rt_a.boot_nonce);
     // Second boot: start runs again, install and provision do not.
     assert_eq!(
@@ -710,7 +663,7 @@ async fn e2e_real_guests() {
     // start of a running instance adopts it.
     let again = env.cli_ok(&["start", "alpha", "--no-wait"]);
     assert!(again.contains("started"));
-    let rec_a3 = Record::read(&Record::path(&home, &alpha.clawid)).unwrap();
+    let rec_a3 = Record::read(&Record::path(&home, &alpha_id)).unwrap();
     assert_eq!(rec_a3.runtime.process, rec_a2.runtime.process);
 
     let out = env.cli_ok(&["rm", "-f", "alpha"]);
@@ -721,7 +674,7 @@ async fn e2e_real_guests() {
         "rm without --purge keeps volumes"
     );
     env.cli_ok(&["rm", "--purge", "beta"]);
-    assert!(!volumes_dir(&home, &beta.clawid).exists());
+    assert!(!volumes_dir(&home, &beta_id).exists());
     assert!(env.ps().is_empty());
     log("all e2e checks passed");
 }

@@ -93,7 +93,12 @@ impl QemuSpec {
             net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", p.host, p.guest));
         }
         kv(&mut a, "-netdev", net);
-        kv(&mut a, "-device", "virtio-net-pci,netdev=net0".into());
+        // `romfile=`: no iPXE option ROM (never network-booted; saves firmware time).
+        kv(
+            &mut a,
+            "-device",
+            "virtio-net-pci,netdev=net0,romfile=".into(),
+        );
         kv(&mut a, "-device", "virtio-rng-pci".into());
         // The guest status channel and boot nonce (the guest side's contract).
         a.extend(crate::guest::qemu_status_args(&f.status_log(), &self.nonce));
