@@ -19,7 +19,7 @@
 //! | `/etc/clawfarm/runner.json` | the phase list for the runner, root 0600 |
 //! | `/usr/local/lib/clawfarm/{install,start,provision-N}.sh` | the scripts, root 0700 |
 //! | `/usr/local/lib/clawfarm/clawfarm-runner.py` | the phase runner |
-//! | `/etc/systemd/system/clawfarm-bootstrap.service` | runs the runner on every boot, after `cloud-final` |
+//! | `/etc/systemd/system/clawfarm-bootstrap.service` | runs the runner on every boot, after `cloud-final` (wanted by `cloud-init.target`) |
 //! | `/opt/claw` | the payload 9p share (read-only), when [`SeedInput::payload_tag`] is set |
 //! | `/var/log/clawfarm/<phase>.log` | output of each phase (`install`, `start`, `provision-N`, `mount`, `cloud-init`), root 0600 |
 //! | `/var/lib/clawfarm/state/<instance-id>/` | markers of the once-per-instance phases that succeeded |
