@@ -227,6 +227,7 @@ expect_eq "hostname" "claw-bare" "$(gssh hostname)"
 expect_eq "NoCloud datasource" "DataSourceNoCloud [seed=/dev/vdb][dsmode=net]" "$(gssh sudo cat /run/cloud-init/status.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["v1"]["datasource"])')"
 gssh ip -4 -o addr show eth0 | grep -q 10.0.2.15 || die "eth0 has no DHCP address"
 ok "eth0 got its address by DHCP"
+expect_eq "bootstrap unit enabled for later boots" "enabled" "$(gssh systemctl is-enabled clawfarm-bootstrap.service)"
 expect_eq "host keys in the guest" "/etc/ssh/ssh_host_ed25519_key.pub" "$(gssh ls /etc/ssh/ | grep '^ssh_host_.*pub$' | sed 's|^|/etc/ssh/|')"
 
 gssh systemd-analyze > "$WORK/systemd-analyze.txt" 2>&1 || true
@@ -251,6 +252,7 @@ BOOT2=$(python3 -c "print(round($T1 - $T0, 1))")
 log "boot 2 final status after ${BOOT2}s: $ST2"
 [[ "$ST2" == *'"done":true'* ]] || die "boot 2 did not reach done: $ST2"
 ok "boot 2 reached done"
+grep -qai "ordering cycle" "$WORK/serial.log" && die "systemd reported an ordering cycle on boot 2"
 ST1B="$("$TOOL" status "$WORK/status.log" "$NONCE1")"
 [[ "$ST1B" == *'"booted":false'* ]] || die "boot 1 lines still count after boot 2: $ST1B"
 ok "boot 1 lines do not count under boot 2 (QEMU truncated status.log; nonce differs)"

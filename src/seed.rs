@@ -14,12 +14,12 @@
 //! | guest path | what |
 //! | --- | --- |
 //! | user `claw` | bash, group `sudo`, `NOPASSWD:ALL`, password locked, the given authorized key |
-//! | `/etc/ssh/ssh_host_ed25519_key{,.pub}` | the host key pinned by the host (no other host key types are generated) |
+//! | `/etc/ssh/ssh_host_ed25519_key{,.pub}` | the host key pinned by the host (`ssh_genkeytypes: [ed25519]` is already satisfied by it, so no key is generated) |
 //! | `/etc/clawfarm/params.env` | `KEY='value'` lines, root 0600 |
 //! | `/etc/clawfarm/runner.json` | the phase list for the runner, root 0600 |
 //! | `/usr/local/lib/clawfarm/{install,start,provision-N}.sh` | the scripts, root 0700 |
 //! | `/usr/local/lib/clawfarm/clawfarm-runner.py` | the phase runner |
-//! | `/etc/systemd/system/clawfarm-bootstrap.service` | runs the runner on every boot, after `cloud-final` |
+//! | `/etc/systemd/system/clawfarm-bootstrap.service` | runs the runner on every boot, after `cloud-final` (wanted by `cloud-init.target`) |
 //! | `/opt/claw` | the payload 9p share (read-only), when [`SeedInput::payload_tag`] is set |
 //! | `/var/log/clawfarm/<phase>.log` | output of each phase (`install`, `start`, `provision-N`, `mount`, `cloud-init`), root 0600 |
 //! | `/var/lib/clawfarm/state/<instance-id>/` | markers of the once-per-instance phases that succeeded |
@@ -685,6 +685,17 @@ mod tests {
                 .contains("org.clawfarm.status")
         );
         assert_eq!(v["runcmd"][1][2], BOOTSTRAP_UNIT_NAME);
+    }
+
+    #[test]
+    fn bootstrap_unit_has_no_ordering_cycle() {
+        // cloud-final.service is After=multi-user.target: a unit ordered after cloud-final
+        // must not be wanted by multi-user.target (systemd would drop it at boot).
+        assert!(BOOTSTRAP_UNIT.contains("After=cloud-final.service"));
+        assert!(BOOTSTRAP_UNIT.contains("\nWantedBy=cloud-init.target"));
+        assert!(!BOOTSTRAP_UNIT.contains("\nWantedBy=multi-user.target"));
+        assert!(BOOTSTRAP_UNIT.contains("\nKillMode=process"));
+        assert!(BOOTSTRAP_UNIT.contains("\nRemainAfterExit=yes"));
     }
 
     #[test]
