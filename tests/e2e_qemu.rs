@@ -306,6 +306,16 @@ fn node_secs(report: &serde_json::Value, verb: &str, clawid: Option<&str>) -> f6
         / 1000.0
 }
 
+/// The 1-minute load average (the host is shared; timings depend on it).
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string()
+}
+
 fn pid_alive(pid: u64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -434,8 +444,9 @@ async fn e2e_real_guests() {
     let (ok, report, apply_secs) = apply(&env, &mdir);
     assert!(ok, "apply alpha failed: {report:#}");
     let alpha_wait = node_secs(&report, "wait_ready", Some(&alpha_id));
+    let load_apply = load();
     log(format!(
-        "alpha ready: apply {apply_secs:.1}s (fetch-blob {:.1}s, import {:.1}s, disk {:.2}s, \
+        "alpha ready (load {load_apply}): apply {apply_secs:.1}s (fetch-blob {:.1}s, import {:.1}s, disk {:.2}s, \
          seed {:.2}s, start {:.1}s, wait-ready {alpha_wait:.1}s)",
         node_secs(&report, "fetch_blob", None),
         node_secs(&report, "import_bundle", None),
@@ -639,7 +650,9 @@ async fn e2e_real_guests() {
         &work.path().join("bare-vol"),
     );
     log(format!(
-        "MEASURE apply→ready {apply_secs:.1}s (of which wait-ready {alpha_wait:.1}s) vs bare boot→done {bare:.1}s"
+        "MEASURE apply→ready {apply_secs:.1}s (of which wait-ready {alpha_wait:.1}s; load \
+         {load_apply}) vs bare boot→done {bare:.1}s (load {})",
+        load()
     ));
 
     // ---- 7. restart through the CLI, then rm ----------------------------------------------
