@@ -98,7 +98,7 @@ impl fmt::Display for Accel {
 pub struct AccelChoice {
     /// The accelerator.
     pub accel: Accel,
-    /// Why (`requested`, `kvm probe ok`, `kvm probe failed: …`, …).
+    /// Why (`requested`, `probe ok`, `kvm probe failed: …`, `cached: …`, …).
     pub why: String,
     /// True when `auto` chose KVM: the boot watchdog applies.
     pub watch: bool,
@@ -226,8 +226,8 @@ pub fn decide(
             }
             match probe() {
                 Ok(()) => (
-                    c(Accel::Kvm, "kvm probe ok".into(), true),
-                    Some((true, "kvm probe ok".into())),
+                    c(Accel::Kvm, "probe ok".into(), true),
+                    Some((true, "probe ok".into())),
                 ),
                 Err(why) => {
                     let why = format!("kvm probe failed: {why}");
@@ -393,11 +393,8 @@ mod tests {
         assert_eq!(c.to_string(), "tcg (kvm probe failed: no output in 5s)");
         assert_eq!(v, Some((false, "kvm probe failed: no output in 5s".into())));
         let (c, v) = decide(AccelMode::Auto, None, None, || Ok(()));
-        assert_eq!(
-            (c.to_string(), c.watch),
-            ("kvm (kvm probe ok)".into(), true)
-        );
-        assert_eq!(v, Some((true, "kvm probe ok".into())));
+        assert_eq!((c.to_string(), c.watch), ("kvm (probe ok)".into(), true));
+        assert_eq!(v, Some((true, "probe ok".into())));
     }
 
     #[test]
