@@ -810,7 +810,7 @@ fn events(home: &Home, name: Option<&str>, follow: bool) -> anyhow::Result<u8> {
         {
             println!(
                 "{}  {:<20} {:<12} {:<9} {}",
-                humantime::format_rfc3339_seconds(e.time),
+                humantime::format_rfc3339_millis(e.time),
                 e.instance,
                 e.action,
                 e.result,
