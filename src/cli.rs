@@ -6,6 +6,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
@@ -128,6 +129,9 @@ pub enum Command {
         /// CLAWID, name, or unique CLAWID prefix.
         id: String,
     },
+    /// Write a new clawspec (and optionally a manifest using it): a terminal wizard, or
+    /// flags with --non-interactive.
+    New(Box<crate::wizard::NewArgs>),
     /// Print the JSON Schema of the manifest format (for editors).
     Schema,
     /// Print shell completions.
@@ -249,23 +253,42 @@ fn param_env_lookup(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// Whether [`load_desired`] may prompt (on a terminal). Off for `validate` (it reports what
+/// is missing) and `watch` (a long-running loop must never wait on a person).
+static PROMPTS: AtomicBool = AtomicBool::new(true);
+
 /// Load the desired state of `files` (all errors collected, never the first only).
+///
+/// On a terminal ([`interactive`]), params that nothing resolves are asked for
+/// ([`crate::prompt::TtyPrompter`]); Ctrl-C at a prompt is an error, before anything changes.
 pub async fn load_desired(home: &Home, files: &[PathBuf]) -> anyhow::Result<Desired> {
     let key = home
         .secret_key()
         .context("cannot read the param digest key")?;
+    let tty = crate::prompt::TtyPrompter::new();
     let penv = ParamEnv {
         key: &key,
         env: &param_env_lookup,
-        prompter: None,
+        prompter: (PROMPTS.load(Ordering::Relaxed) && interactive())
+            .then_some(&tty as &dyn desired::Prompter),
         command_line: false,
     };
-    Ok(desired::load(home, files, &StoreResolver, &penv).await)
+    let d = desired::load(home, files, &StoreResolver, &penv).await;
+    if let Some(at) = tty.interrupted() {
+        bail!("interrupted at the prompt for {at}; nothing was changed");
+    }
+    Ok(d)
 }
 
 /// Run one parsed command; returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let home = Home::resolve(cli.home.as_deref()).context("cannot find the runtime root")?;
+    if matches!(
+        cli.command,
+        Command::Validate { .. } | Command::Watch { .. }
+    ) {
+        PROMPTS.store(false, Ordering::Relaxed);
+    }
     match cli.command {
         Command::Validate { files } => validate(&home, &files),
         Command::Plan(args) => plan_cmd(&home, &args),
@@ -279,6 +302,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Stop { id } => stop(&home, &id),
         Command::Start { id, no_wait } => start(&home, &id, !no_wait),
         Command::Rm { force, purge, id } => rm(&home, &id, force, purge),
+        Command::New(args) => crate::wizard::run(&args),
         Command::Schema => {
             println!(
                 "{}",
