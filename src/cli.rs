@@ -131,6 +131,7 @@ pub enum Command {
     },
     /// Write a new clawspec (and optionally a manifest using it): a terminal wizard, or
     /// flags with --non-interactive.
+    #[command(after_long_help = crate::wizard::EXAMPLES)]
     New(Box<crate::wizard::NewArgs>),
     /// Print the JSON Schema of the manifest format (for editors).
     Schema,

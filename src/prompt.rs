@@ -349,6 +349,57 @@ pub fn read_line(
     validator: impl Fn(&str) -> Result<(), String>,
     default: Option<&str>,
 ) -> Result<Option<String>, PromptError> {
+    Field {
+        label,
+        help,
+        secret,
+        default,
+        skip_note: "(skipped)",
+    }
+    .read(validator)
+}
+
+/// The options of [`read_line`], for callers that need one more: what a skipped answer
+/// shows (`(done)` for the empty answer that ends a list, say).
+#[derive(Debug, Clone, Copy)]
+pub struct Field<'a> {
+    /// Shown before the input (see [`read_line`]).
+    pub label: &'a str,
+    /// Lines shown dimmed above the input.
+    pub help: Option<&'a str>,
+    /// Mask the input with `*`.
+    pub secret: bool,
+    /// Taken by Enter on an empty line.
+    pub default: Option<&'a str>,
+    /// Shown after the label when the field is skipped.
+    pub skip_note: &'a str,
+}
+
+impl Field<'_> {
+    /// Read the field: exactly [`read_line`] with these options.
+    pub fn read(
+        &self,
+        validator: impl Fn(&str) -> Result<(), String>,
+    ) -> Result<Option<String>, PromptError> {
+        let Field {
+            label,
+            help,
+            secret,
+            default,
+            skip_note,
+        } = *self;
+        read_field(label, help, secret, &validator, default, skip_note)
+    }
+}
+
+fn read_field(
+    label: &str,
+    help: Option<&str>,
+    secret: bool,
+    validator: &dyn Fn(&str) -> Result<(), String>,
+    default: Option<&str>,
+    skip_note: &str,
+) -> Result<Option<String>, PromptError> {
     if !is_interactive() {
         return Err(PromptError::NotATerminal);
     }
@@ -374,7 +425,7 @@ pub fn read_line(
     }
     err.flush()?;
     let guard = RawGuard::enable()?;
-    let mut ed = Editor::new(&validator, default);
+    let mut ed = Editor::new(validator, default);
     let mut screen = Screen {
         prefix: &prefix,
         secret,
@@ -401,7 +452,7 @@ pub fn read_line(
             Ok(Some(v))
         }
         Step::Skip => {
-            screen.finish(&ed, Some(if bare { "" } else { "(skipped)" }))?;
+            screen.finish(&ed, Some(if bare { "" } else { skip_note }))?;
             Ok(None)
         }
         _ => {

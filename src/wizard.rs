@@ -105,6 +105,17 @@ pub struct NewArgs {
     pub provision: Vec<ProvisionStep>,
 }
 
+/// Examples shown by `clawfarm new --help`.
+pub const EXAMPLES: &str = "Examples:
+  clawfarm new                                  # the wizard, on a terminal
+  clawfarm new --manifest demo-a                # ... and a manifest demo-a.yaml next to it
+  clawfarm new --non-interactive --name demo \\
+      --base-ref https://example.com/base.qcow2 --base-sha256 HEX \\
+      --install-script @- --start-script start.sh \\
+      --param 'OPENAI_API_KEY:OpenAI API key:secret:non_empty' \\
+      --optional-param 'MODEL:Model:plain:enum=gpt-4o,o3' --default MODEL=gpt-4o \\
+      --provision setup=setup.sh -o demo.clawbox --manifest demo-a";
+
 /// A script given on the command line: where it came from and its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Script {
@@ -846,6 +857,22 @@ fn ask(
     }
 }
 
+/// Ask for the next item of a list; an empty answer ends the list (`(done)`).
+fn ask_next(
+    label: &str,
+    help: Option<&str>,
+    check: impl Fn(&str) -> Result<(), String>,
+) -> Result<Option<String>, PromptError> {
+    prompt::Field {
+        label,
+        help,
+        secret: false,
+        default: None,
+        skip_note: "(done)",
+    }
+    .read(|s| if s.is_empty() { Ok(()) } else { check(s) })
+}
+
 /// Ask a field that may be skipped (Esc or an empty Enter).
 fn ask_optional(
     label: &str,
@@ -885,11 +912,16 @@ fn ask_script(label: &str, bootstrap: &str, kind: ScriptKind) -> Result<String, 
             resolve_script(s, bootstrap, kind, true).map(|_| ())
         }
     };
-    let answer = ask(label, Some(help), check, has_template.then_some("@-"))?;
-    if answer != "<<" {
-        return resolve_script(&answer, bootstrap, kind, true)
-            .map(|s| s.text)
-            .map_err(|m| PromptError::Io(std::io::Error::other(m)));
+    loop {
+        let answer = ask(label, Some(help), check, has_template.then_some("@-"))?;
+        if answer == "<<" {
+            break;
+        }
+        // Checked as typed; a file can still vanish before it is read: ask again.
+        match resolve_script(&answer, bootstrap, kind, true) {
+            Ok(s) => return Ok(s.text),
+            Err(m) => eprintln!("{}", format!("  ! {m}").red()),
+        }
     }
     eprintln!(
         "{}",
@@ -958,7 +990,7 @@ fn ask_params(required: bool, taken: &mut Vec<String>) -> Result<Vec<Param>, Pro
         let help = (n == 1).then_some(
             "environment-variable style, e.g. OPENAI_API_KEY; an empty Enter ends the list",
         );
-        let Some(key) = ask_optional(&format!("{kind} param #{n} key"), help, |s| {
+        let Some(key) = ask_next(&format!("{kind} param #{n} key"), help, |s| {
             check_new_key(s, taken)
         })?
         else {
@@ -1031,7 +1063,7 @@ fn ask_provision() -> Result<Vec<ProvisionStep>, PromptError> {
         let n = out.len() + 1;
         let help =
             (n == 1).then_some("a name shown in status and logs; an empty Enter ends the list");
-        let Some(name) = ask_optional(&format!("Provision step #{n} name"), help, |s| {
+        let Some(name) = ask_next(&format!("Provision step #{n} name"), help, |s| {
             if s.trim().is_empty() {
                 Err("must not be blank".into())
             } else {
@@ -1206,20 +1238,21 @@ pub fn run(args: &NewArgs) -> anyhow::Result<u8> {
                  use --non-interactive with flags (see clawfarm new --help)"
             );
         }
-        interactive(args).map_err(|e| match e {
-            PromptError::Interrupted => anyhow!("interrupted; nothing was written"),
-            other => anyhow!(other),
-        })?
+        interactive(args)?
     };
     write_outputs(&spec, &out, manifest_name.as_deref(), args.force)?;
     Ok(0)
 }
 
-fn interactive(args: &NewArgs) -> Result<(ClawSpec, PathBuf, Option<String>), PromptError> {
-    let draft = draft_from_terminal()?;
-    let spec = draft
-        .to_spec()
-        .map_err(|e| PromptError::Io(std::io::Error::other(format!("{e:#}"))))?;
+fn prompt_error(e: PromptError) -> anyhow::Error {
+    match e {
+        PromptError::Interrupted => anyhow!("interrupted; nothing was written"),
+        other => anyhow!(other),
+    }
+}
+
+fn interactive(args: &NewArgs) -> anyhow::Result<(ClawSpec, PathBuf, Option<String>)> {
+    let spec = draft_from_terminal().map_err(prompt_error)?.to_spec()?;
     section("Output");
     let out = match &args.out {
         Some(o) => o.clone(),
@@ -1232,7 +1265,8 @@ fn interactive(args: &NewArgs) -> Result<(ClawSpec, PathBuf, Option<String>), Pr
                 ),
                 |s| check_out_path(Path::new(s), args.force),
                 Some(&default),
-            )?)
+            )
+            .map_err(prompt_error)?)
         }
     };
     let manifest_name = match &args.manifest {
@@ -1242,7 +1276,8 @@ fn interactive(args: &NewArgs) -> Result<(ClawSpec, PathBuf, Option<String>), Pr
             "Manifest instance name (optional)",
             Some("also write NAME.yaml, a kind: Claw manifest using this clawspec, next to it"),
             |s| check_manifest_name(s, &out, args.force),
-        )?,
+        )
+        .map_err(prompt_error)?,
     };
     Ok((spec, out, manifest_name))
 }

@@ -185,6 +185,11 @@ impl Tty {
     /// Wait for the prompt `label`, type `text` and press Enter.
     pub fn answer(&mut self, label: &str, text: &str) {
         self.prompt(label);
+        self.reply(text);
+    }
+
+    /// Type `text` and press Enter (at a prompt already waited for).
+    pub fn reply(&self, text: &str) {
         if !text.is_empty() {
             self.type_text(text);
         }
