@@ -967,10 +967,11 @@ fn run_cmd(
     let key = home
         .secret_key()
         .context("cannot read the param digest key")?;
+    let tty = crate::prompt::TtyPrompter::new();
     let penv = ParamEnv {
         key: &key,
         env: &param_env_lookup,
-        prompter: None,
+        prompter: interactive().then_some(&tty as &dyn desired::Prompter),
         command_line: true,
     };
     let inst = rt.block_on(crate::run::desired_instance(
@@ -978,7 +979,11 @@ fn run_cmd(
         req,
         &StoreResolver,
         &penv,
-    ))?;
+    ));
+    if let Some(at) = tty.interrupted() {
+        bail!("interrupted at the prompt for {at}; nothing was changed");
+    }
+    let inst = inst?;
     let (actual, record_errors) = crate::observe::observe(home, &*driver);
     let mut d = Desired {
         instances: vec![inst.clone()],

@@ -125,24 +125,34 @@ pub struct Script {
     pub text: String,
 }
 
-/// Default install script of the `openclaw` bootstrap (`@-`).
-pub const OPENCLAW_INSTALL_TEMPLATE: &str = r#"#!/usr/bin/env bash
+/// Default install script of the `openclaw` bootstrap (`@-`): Node.js 22 and OpenClaw,
+/// and a gateway config listening on port 18789 of the guest's network.
+pub const OPENCLAW_INSTALL_TEMPLATE: &str = r#"#!/bin/bash
 # Install the OpenClaw runtime. Runs once per instance, as root.
-# Param values are in the environment (e.g. "$OPENAI_API_KEY").
-set -euo pipefail
-if ! command -v node >/dev/null 2>&1; then
-  curl -fsSL https://deb.nodesource.com/setup_22.x | bash -
-  apt-get install -y nodejs
-fi
-npm install -g openclaw@latest
+# Params are in the environment of every script (e.g. "$OPENAI_API_KEY").
+set -euxo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends ca-certificates curl gnupg
+# Node 22 from NodeSource (OpenClaw needs Node >= 22)
+curl -fsSL https://deb.nodesource.com/setup_22.x | bash -
+apt-get install -y nodejs
+npm install -g openclaw
+install -d /root/.openclaw
+cat > /root/.openclaw/openclaw.json <<'JSON'
+{ "gateway": { "mode": "local", "port": 18789, "bind": "lan" } }
+JSON
 "#;
 
-/// Default start script of the `openclaw` bootstrap (`@-`). It must return once the
-/// runtime is started (later phases run after it).
-pub const OPENCLAW_START_TEMPLATE: &str = r#"#!/usr/bin/env bash
-# Start the OpenClaw gateway. Runs on every boot, as root; returns once it is started.
+/// Default start script of the `openclaw` bootstrap (`@-`): the gateway in the background,
+/// with the params in its environment; returns once it listens (later phases run after it).
+pub const OPENCLAW_START_TEMPLATE: &str = r#"#!/bin/bash
+# Start the OpenClaw gateway. Runs on every boot, as root; returns once it listens.
 set -euo pipefail
-nohup openclaw gateway --port 18789 >>/var/log/openclaw-gateway.log 2>&1 &
+setsid nohup openclaw gateway --port 18789 >>/var/log/openclaw-gateway.log 2>&1 < /dev/null &
+for i in $(seq 120); do (exec 3<>/dev/tcp/127.0.0.1/18789) 2>/dev/null && exit 0; sleep 1; done
+echo 'openclaw gateway did not listen on 18789' >&2
+exit 1
 "#;
 
 /// Which script a template is for.
@@ -358,12 +368,7 @@ pub fn check_validator_kind(s: &str) -> Result<(), String> {
 /// An instance name for `--manifest`: a DNS label of at most
 /// [`manifest::MAX_NAME_LEN`] characters.
 pub fn check_instance_name(s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= manifest::MAX_NAME_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
+    let ok = manifest::is_dns_label(s, manifest::MAX_NAME_LEN);
     if ok {
         Ok(())
     } else {

@@ -224,6 +224,33 @@ fn ctrl_c_at_a_param_prompt_restores_the_terminal_and_changes_nothing() {
 }
 
 #[test]
+fn run_prompts_for_params_not_given_on_the_command_line() {
+    let e = env_with(clawspec());
+    let bundle = e.path().join("demo.clawbox");
+    let mut t = e.tty(&[
+        "run",
+        bundle.to_str().unwrap(),
+        "--name",
+        "adhoc",
+        "--param",
+        "MODE=slow",
+    ]);
+    let s = t.prompt("OpenAI key (OPENAI_API_KEY):");
+    assert!(s.contains("Used by the OpenClaw provider"), "{s}");
+    t.reply(SECRET);
+    assert_eq!(t.wait_exit(), 0, "{}", t.scrollback());
+    let all = t.scrollback();
+    // MODE came from --param and MODEL from its default: only the key was asked.
+    assert!(
+        !all.contains("Mode (MODE)") && !all.contains("Model (MODEL)"),
+        "{all}"
+    );
+    assert!(!all.contains(SECRET), "{all}");
+    assert_eq!(e.claws(), 1);
+    t.assert_terminal_restored();
+}
+
+#[test]
 fn validate_never_prompts_even_on_a_terminal() {
     let e = env_with(clawspec());
     let t = e.tty(&["validate", "-f", &e.agents()]);
