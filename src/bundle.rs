@@ -650,15 +650,16 @@ impl Read for ChannelReader {
     }
 }
 
-/// Thread A: read + hash + gunzip, hand blocks to thread B. Returns the file's digest.
-/// Stops inflating when B hangs up (tar end, or clawspec found in scan mode) and then
-/// only hashes the rest of the file.
+/// Thread A: read + hash + gunzip, hand blocks to thread B. Returns the file's digest
+/// and the decompression error, if any (the digest is complete either way). Stops
+/// inflating when B hangs up (tar end, or clawspec found in scan mode) and then only
+/// hashes the rest of the file; a read error of the file itself is an `Err`.
 fn inflate_side(
     file: File,
     tracker: Tracker,
     tx: SyncSender<Vec<u8>>,
     recycle: Receiver<Vec<u8>>,
-) -> io::Result<String> {
+) -> io::Result<(String, Option<io::Error>)> {
     let reader = BufReader::with_capacity(
         CHUNK,
         HashingReader {
@@ -668,6 +669,7 @@ fn inflate_side(
         },
     );
     let mut dec = flate2::bufread::MultiGzDecoder::new(reader);
+    let mut failure = None;
     'outer: loop {
         let mut buf = recycle.try_recv().unwrap_or_default();
         buf.resize(CHUNK, 0);
@@ -677,7 +679,10 @@ fn inflate_side(
                 Ok(0) => break,
                 Ok(k) => n += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
         }
         if n == 0 {
@@ -687,15 +692,16 @@ fn inflate_side(
         if tx.send(buf).is_err() {
             break 'outer;
         }
-        if n < CHUNK {
+        if n < CHUNK || failure.is_some() {
             break 'outer;
         }
     }
     drop(tx);
+    // The digest covers the whole file, whatever happened to the decompression.
     let mut hr = dec.into_inner().into_inner();
     io::copy(&mut hr, &mut io::sink())?;
-    hr.tracker.finish(true);
-    Ok(hex::encode(hr.hasher.finalize()))
+    hr.tracker.finish(failure.is_none());
+    Ok((hex::encode(hr.hasher.finalize()), failure))
 }
 
 /// Where a normalized archive path belongs.
@@ -1102,14 +1108,23 @@ fn run_pipeline(
         let digest = inflater
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the decompression thread panicked")));
+        let scan = matches!(mode, Mode::Scan);
         match (digest, out) {
-            (Ok(d), Ok(o)) => Ok((d, o)),
+            (Ok((d, None)), Ok(o)) => Ok((d, o)),
+            // Scanning stops at clawspec.json: damage after it is import's business (the
+            // inflating side may have read ahead into it).
+            (Ok((d, Some(_))), Ok(o)) if scan && o.clawspec.is_some() => Ok((d, o)),
             // A refusal or limit found by the untar side is the more precise error.
             (_, Err(e @ (BundleError::Refused { .. } | BundleError::ExpansionLimit { .. }))) => {
                 Err(e)
             }
-            (Err(e), _) => Err(BundleError::Corrupt {
+            (Ok((_, Some(e))), _) => Err(BundleError::Corrupt {
                 bundle: bundle.to_string(),
+                source: e,
+            }),
+            (Err(e), _) => Err(BundleError::Io {
+                action: "cannot read",
+                path: bundle.into(),
                 source: e,
             }),
             (Ok(_), Err(e)) => Err(e),
