@@ -18,7 +18,7 @@
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
@@ -590,20 +590,93 @@ fn read_json_bundle(
 
 // ---- the tar.gz pipeline -------------------------------------------------------------------
 
-/// Reads the bundle file, hashing every byte (the digest) and reporting progress.
-struct HashingReader {
-    inner: File,
-    hasher: Sha256,
-    tracker: Tracker,
+/// The inflating side's view of the compressed bytes (a `BufRead` over channel blocks).
+struct RawReader {
+    rx: Receiver<Vec<u8>>,
+    recycle: SyncSender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
 }
 
-impl Read for HashingReader {
+impl Read for RawReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.tracker.advance(n as u64);
+        let avail = io::BufRead::fill_buf(self)?;
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        io::BufRead::consume(self, n);
         Ok(n)
     }
+}
+
+impl io::BufRead for RawReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.cur.len() {
+            let old = std::mem::take(&mut self.cur);
+            if old.capacity() >= CHUNK {
+                let _ = self.recycle.try_send(old);
+            }
+            self.pos = 0;
+            // A closed channel is the end of the file (or a read error, which the reading
+            // stage reports).
+            if let Ok(b) = self.rx.recv() {
+                self.cur = b;
+            }
+        }
+        Ok(&self.cur[self.pos..])
+    }
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.cur.len());
+    }
+}
+
+/// Stage 1: read the bundle file in large blocks, hash every byte (the digest), report
+/// progress, pass the blocks on. Once the next stage hangs up (tar end, or clawspec found
+/// while scanning) it only reads and hashes.
+fn read_side(
+    mut file: File,
+    mut tracker: Tracker,
+    tx: SyncSender<Vec<u8>>,
+    recycle: Receiver<Vec<u8>>,
+) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut sending = true;
+    let mut spare = Vec::new();
+    loop {
+        let mut buf = if sending {
+            recycle.try_recv().unwrap_or_default()
+        } else {
+            std::mem::take(&mut spare)
+        };
+        buf.resize(CHUNK, 0);
+        let mut n = 0;
+        while n < CHUNK {
+            match file.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracker.finish(false);
+                    return Err(e);
+                }
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        tracker.advance(n as u64);
+        if sending {
+            buf.truncate(n);
+            if let Err(e) = tx.send(buf) {
+                sending = false;
+                spare = e.0;
+            }
+        } else {
+            spare = buf;
+        }
+    }
+    tracker.finish(true);
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Decompressed bytes arrive in blocks of this size.
@@ -650,30 +723,19 @@ impl Read for ChannelReader {
     }
 }
 
-/// Thread A: read + hash + gunzip, hand blocks to thread B. Returns the file's digest
-/// and the decompression error, if any (the digest is complete either way). Stops
-/// inflating when B hangs up (tar end, or clawspec found in scan mode) and then only
-/// hashes the rest of the file; a read error of the file itself is an `Err`.
+/// Stage 2: gunzip, hand blocks of decompressed bytes to the untar stage. Returns the
+/// decompression error, if any. Stops early when the untar stage hangs up.
 fn inflate_side(
-    file: File,
-    tracker: Tracker,
+    raw: RawReader,
     tx: SyncSender<Vec<u8>>,
     recycle: Receiver<Vec<u8>>,
-) -> io::Result<(String, Option<io::Error>)> {
-    let reader = BufReader::with_capacity(
-        CHUNK,
-        HashingReader {
-            inner: file,
-            hasher: Sha256::new(),
-            tracker,
-        },
-    );
-    let mut dec = flate2::bufread::MultiGzDecoder::new(reader);
-    let mut failure = None;
-    'outer: loop {
+) -> Option<io::Error> {
+    let mut dec = flate2::bufread::MultiGzDecoder::new(raw);
+    loop {
         let mut buf = recycle.try_recv().unwrap_or_default();
         buf.resize(CHUNK, 0);
         let mut n = 0;
+        let mut failure = None;
         while n < CHUNK {
             match dec.read(&mut buf[n..]) {
                 Ok(0) => break,
@@ -685,23 +747,16 @@ fn inflate_side(
                 }
             }
         }
-        if n == 0 {
-            break 'outer;
+        if n > 0 {
+            buf.truncate(n);
+            if tx.send(buf).is_err() {
+                return None;
+            }
         }
-        buf.truncate(n);
-        if tx.send(buf).is_err() {
-            break 'outer;
-        }
-        if n < CHUNK || failure.is_some() {
-            break 'outer;
+        if failure.is_some() || n < CHUNK {
+            return failure;
         }
     }
-    drop(tx);
-    // The digest covers the whole file, whatever happened to the decompression.
-    let mut hr = dec.into_inner().into_inner();
-    io::copy(&mut hr, &mut io::sink())?;
-    hr.tracker.finish(failure.is_none());
-    Ok((hex::encode(hr.hasher.finalize()), failure))
 }
 
 /// Where a normalized archive path belongs.
@@ -1072,8 +1127,10 @@ enum CopyError {
     Write(io::Error),
 }
 
-/// Run the two-thread pipeline over a tar.gz bundle. Returns the file digest and what the
-/// untar side found. In scan mode it stops untarring at `clawspec.json`.
+/// Run the pipeline over a tar.gz bundle: read + hash (the digest) → gunzip → untar
+/// (+ hash and write images and payload), three threads joined by bounded channels of
+/// 1 MiB blocks. Returns the file digest and what the untar stage found. In scan mode it
+/// stops untarring at `clawspec.json` (the digest still covers the whole file).
 fn run_pipeline(
     file: File,
     bundle: &str,
@@ -1082,10 +1139,19 @@ fn run_pipeline(
     scratch: &mut Scratch,
     tracker: Tracker,
 ) -> Result<(String, TarOut), BundleError> {
+    let (raw_tx, raw_rx) = sync_channel::<Vec<u8>>(DEPTH);
+    let (raw_recycle_tx, raw_recycle_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
     let (tx, rx) = sync_channel::<Vec<u8>>(DEPTH);
     let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
     std::thread::scope(|s| {
-        let inflater = s.spawn(move || inflate_side(file, tracker, tx, recycle_rx));
+        let read_thread = s.spawn(move || read_side(file, tracker, raw_tx, raw_recycle_rx));
+        let raw = RawReader {
+            rx: raw_rx,
+            recycle: raw_recycle_tx,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        let inflate_thread = s.spawn(move || inflate_side(raw, tx, recycle_rx));
         let exceeded = Rc::new(Cell::new(false));
         let reader = ChannelReader {
             rx,
@@ -1102,32 +1168,35 @@ fn run_pipeline(
             exceeded,
             current: String::new(),
         };
-        // `run` consumes the reader; when it returns, the channel is closed and the
-        // inflating side stops inflating and only finishes the digest.
+        // `run` consumes the reader; when it returns, its channel closes, the gunzip stage
+        // stops, and the reading stage only finishes the digest.
         let out = untar.run(reader, mode, scratch);
-        let digest = inflater
+        let inflated = inflate_thread
             .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the decompression thread panicked")));
+            .unwrap_or_else(|_| Some(io::Error::other("the decompression thread panicked")));
+        let digest = read_thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the reading thread panicked")));
         let scan = matches!(mode, Mode::Scan);
-        match (digest, out) {
-            (Ok((d, None)), Ok(o)) => Ok((d, o)),
-            // Scanning stops at clawspec.json: damage after it is import's business (the
-            // inflating side may have read ahead into it).
-            (Ok((d, Some(_))), Ok(o)) if scan && o.clawspec.is_some() => Ok((d, o)),
-            // A refusal or limit found by the untar side is the more precise error.
-            (_, Err(e @ (BundleError::Refused { .. } | BundleError::ExpansionLimit { .. }))) => {
-                Err(e)
-            }
-            (Ok((_, Some(e))), _) => Err(BundleError::Corrupt {
-                bundle: bundle.to_string(),
-                source: e,
-            }),
-            (Err(e), _) => Err(BundleError::Io {
+        match (digest, inflated, out) {
+            (Err(e), _, _) => Err(BundleError::Io {
                 action: "cannot read",
                 path: bundle.into(),
                 source: e,
             }),
-            (Ok(_), Err(e)) => Err(e),
+            (Ok(d), None, Ok(o)) => Ok((d, o)),
+            // Scanning stops at clawspec.json: damage after it is import's business (the
+            // gunzip stage may have read ahead into it).
+            (Ok(d), Some(_), Ok(o)) if scan && o.clawspec.is_some() => Ok((d, o)),
+            // A refusal or limit found by the untar stage is the more precise error.
+            (_, _, Err(e @ (BundleError::Refused { .. } | BundleError::ExpansionLimit { .. }))) => {
+                Err(e)
+            }
+            (Ok(_), Some(e), _) => Err(BundleError::Corrupt {
+                bundle: bundle.to_string(),
+                source: e,
+            }),
+            (Ok(_), None, Err(e)) => Err(e),
         }
     })
 }
