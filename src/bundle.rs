@@ -1518,11 +1518,12 @@ pub async fn import_with(
         progress.clone(),
         opts.clone(),
     );
+    let shown = path.clone();
     tokio::task::spawn_blocking(move || import_blocking(&home, &path, &progress, &opts))
         .await
         .map_err(|e| BundleError::Io {
             action: "import worker failed for",
-            path: PathBuf::new(),
+            path: shown,
             source: io::Error::other(e.to_string()),
         })?
 }
