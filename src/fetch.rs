@@ -67,9 +67,10 @@ async fn attempt(
         path: part_path.to_path_buf(),
         source,
     };
-    let http_err = |source| BlobError::Http {
+    // The URL is in our message; keep it out of the source's.
+    let http_err = |source: reqwest::Error| BlobError::Http {
         url: url.to_string(),
-        source,
+        source: source.without_url(),
     };
     // At most two requests: a ranged one, then (if its answer is unusable) a plain one.
     let mut resp = None;
