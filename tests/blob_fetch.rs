@@ -410,3 +410,54 @@ async fn bad_digest_and_bad_ref_are_rejected_without_io() {
         .unwrap_err();
     assert!(matches!(e, BlobError::UnsupportedRef { .. }));
 }
+
+const PROGRESS_CHILD: &str = "CLAWFARM_TEST_PROGRESS_CHILD";
+
+/// Body of the child of `stderr_progress_is_line_oriented_and_never_on_stdout`.
+#[test]
+fn progress_child() {
+    let Ok(spec) = std::env::var(PROGRESS_CHILD) else {
+        return;
+    };
+    let (root, url, sum) = {
+        let v: Vec<&str> = spec.split('|').collect();
+        (v[0].to_string(), v[1].to_string(), v[2].to_string())
+    };
+    let home = clawfarm::home::Home::new(root);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        BlobStore::new(&home)
+            .ensure(&image(&url, &sum), None, &Progress::stderr())
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn stderr_progress_is_line_oriented_and_never_on_stdout() {
+    let (_d, home) = home();
+    let srv = Server::start(Behavior::default());
+    let body = data(8 << 20, 21);
+    let sum = sha(&body);
+    srv.add("/p.img", body);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["progress_child", "--exact", "--test-threads=1", "--quiet"])
+        .env(
+            PROGRESS_CHILD,
+            format!("{}|{}|{}", home.root().display(), srv.url("/p.img"), sum),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Not a terminal: one line at the start, at most one per 10 %, one at the end.
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(&sum[..12])).collect();
+    assert!(
+        lines.first().unwrap().contains("started (8.0 MiB)"),
+        "{stderr}"
+    );
+    assert!(lines.last().unwrap().contains("done, 8.0 MiB"), "{stderr}");
+    assert!(lines.len() <= 12, "{stderr}");
+    assert!(!stdout.contains(&sum[..12]), "progress on stdout: {stdout}");
+}
