@@ -65,7 +65,7 @@ ours_import() {
 }
 
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "file: $(du -h "$FILE" | cut -f1) data, bundle $(du -h "$BOX" | cut -f1) (gzip -1)"
+echo "file: $(numfmt --to=iec "$(stat -c %s "$FILE")") data, bundle $(numfmt --to=iec "$(stat -c %s "$BOX")") (gzip -1)"
 
 T_SHA=$(best sha256sum "$FILE")
 T_VER=$(best "$BIN" verify "$FILE")

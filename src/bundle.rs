@@ -118,6 +118,12 @@ pub enum Refusal {
         /// The limit.
         limit: u64,
     },
+    /// More than 1 MiB of headers (GNU long names, PAX records) before an entry.
+    #[error("more than {limit} bytes of headers before the next entry")]
+    HeadersTooLarge {
+        /// The limit.
+        limit: u64,
+    },
     /// `clawspec.json` is a folder or another non-regular entry.
     #[error("clawspec.json is not a regular file")]
     ClawspecNotRegular,
@@ -690,13 +696,34 @@ struct ChannelReader {
     recycle: SyncSender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
-    total: u64,
-    limit: u64,
-    exceeded: Rc<Cell<bool>>,
+    guard: Rc<StreamGuard>,
 }
+
+/// Limits on what the `tar` crate may read, shared between the reader it owns and the
+/// untar loop that sees the entries.
+struct StreamGuard {
+    /// Bytes handed to the `tar` crate so far.
+    delivered: Cell<u64>,
+    /// Total expansion limit ([`ImportOptions::max_total_bytes`]).
+    limit: u64,
+    /// Set when `limit` was reached.
+    exceeded: Cell<bool>,
+    /// Stream offset the `tar` crate may read up to: the end of the current entry plus
+    /// [`HEADER_SLACK`]. It bounds what the crate buffers in memory on its own (GNU long
+    /// names, PAX records, sparse maps) between two entries.
+    allowed_end: Cell<u64>,
+    /// Set when `allowed_end` was reached.
+    header_overflow: Cell<bool>,
+}
+
+/// Most bytes of headers (tar, GNU long name, PAX) between two entries.
+const HEADER_SLACK: u64 = 1 << 20;
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         if self.pos == self.cur.len() {
             let old = std::mem::take(&mut self.cur);
             if old.capacity() >= CHUNK {
@@ -704,21 +731,30 @@ impl Read for ChannelReader {
             }
             self.pos = 0;
             match self.rx.recv() {
-                Ok(b) => {
-                    self.total += b.len() as u64;
-                    if self.total > self.limit {
-                        self.exceeded.set(true);
-                        return Err(io::Error::other("expansion limit reached"));
-                    }
-                    self.cur = b;
-                }
+                Ok(b) => self.cur = b,
                 // The inflating side stopped: end of stream (or its error, reported by it).
                 Err(_) => return Ok(0),
             }
         }
-        let n = buf.len().min(self.cur.len() - self.pos);
+        // There is more data: may the crate have it?
+        let g = &*self.guard;
+        let delivered = g.delivered.get();
+        if delivered >= g.allowed_end.get() {
+            g.header_overflow.set(true);
+            return Err(io::Error::other("entry headers too large"));
+        }
+        if delivered >= g.limit {
+            g.exceeded.set(true);
+            return Err(io::Error::other("expansion limit reached"));
+        }
+        let room = g.allowed_end.get().min(g.limit) - delivered;
+        let n = buf
+            .len()
+            .min(self.cur.len() - self.pos)
+            .min(usize::try_from(room).unwrap_or(usize::MAX));
         buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
         self.pos += n;
+        g.delivered.set(delivered + n as u64);
         Ok(n)
     }
 }
@@ -846,7 +882,7 @@ struct TarOut {
 struct Untar<'a> {
     bundle: &'a str,
     opts: &'a ImportOptions,
-    exceeded: Rc<Cell<bool>>,
+    guard: Rc<StreamGuard>,
     current: String,
 }
 
@@ -861,7 +897,20 @@ impl Untar<'_> {
 
     /// An error while reading the archive stream.
     fn read_error(&self, e: io::Error) -> BundleError {
-        if self.exceeded.get() {
+        if self.guard.header_overflow.get() {
+            let entry = if self.current.is_empty() {
+                "(first header)".to_string()
+            } else {
+                format!("(headers after {})", self.current)
+            };
+            BundleError::Refused {
+                bundle: self.bundle.to_string(),
+                entry,
+                reason: Refusal::HeadersTooLarge {
+                    limit: HEADER_SLACK,
+                },
+            }
+        } else if self.guard.exceeded.get() {
             BundleError::ExpansionLimit {
                 bundle: self.bundle.to_string(),
                 entry: self.current.clone(),
@@ -889,6 +938,12 @@ impl Untar<'_> {
         let entries = archive.entries().map_err(|e| self.read_error(e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| self.read_error(e))?;
+            // The crate may read this entry, its padding and the next headers, no more.
+            let end = entry
+                .raw_file_position()
+                .saturating_add(entry.size().div_ceil(512).saturating_mul(512))
+                .saturating_add(HEADER_SLACK);
+            self.guard.allowed_end.set(end);
             let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             self.current = raw.clone();
             count += 1;
@@ -899,6 +954,10 @@ impl Untar<'_> {
                         limit: self.opts.max_entries,
                     },
                 ));
+            }
+            if entry.header().entry_type() == tar::EntryType::XGlobalHeader {
+                // PAX global header (`git archive` writes one): metadata only, skipped.
+                continue;
             }
             let path = entry.path().map_err(|e| self.read_error(e))?.into_owned();
             let parts = normalize(&path).map_err(|r| self.refuse(&raw, r))?;
@@ -1152,20 +1211,24 @@ fn run_pipeline(
             pos: 0,
         };
         let inflate_thread = s.spawn(move || inflate_side(raw, tx, recycle_rx));
-        let exceeded = Rc::new(Cell::new(false));
+        let guard = Rc::new(StreamGuard {
+            delivered: Cell::new(0),
+            limit: opts.max_total_bytes,
+            exceeded: Cell::new(false),
+            allowed_end: Cell::new(HEADER_SLACK),
+            header_overflow: Cell::new(false),
+        });
         let reader = ChannelReader {
             rx,
             recycle: recycle_tx,
             cur: Vec::new(),
             pos: 0,
-            total: 0,
-            limit: opts.max_total_bytes,
-            exceeded: exceeded.clone(),
+            guard: guard.clone(),
         };
         let mut untar = Untar {
             bundle,
             opts,
-            exceeded,
+            guard,
             current: String::new(),
         };
         // `run` consumes the reader; when it returns, its channel closes, the gunzip stage

@@ -416,3 +416,77 @@ async fn missing_in_bundle_image_is_an_error() {
     assert!(matches!(err, BundleError::MissingImage { .. }), "{err:?}");
     assert!(err.to_string().contains("noimg.clawbox"));
 }
+
+#[tokio::test]
+async fn oversized_long_name_header_is_refused_without_buffering_it() {
+    // A GNU long-name record is read into memory by the tar parser: 64 MiB of it must be
+    // refused at the 1 MiB header budget, not buffered.
+    let d = tempfile::tempdir().unwrap();
+    let name = vec![b'a'; 64 << 20];
+    let ln = Raw {
+        path: b"././@LongLink",
+        kind: b'L',
+        data: &name,
+        mode: 0o644,
+        link: b"",
+    };
+    let b = bundle_with(
+        d.path(),
+        "longname.clawbox",
+        vec![ln, Raw::file("x", b"x")],
+        true,
+    );
+    let (_h, _d, err) = refused(&b, &ImportOptions::default()).await;
+    assert_refused(
+        &err,
+        "longname.clawbox",
+        "(headers after claw/ok.txt)",
+        &Refusal::HeadersTooLarge { limit: 1 << 20 },
+    );
+}
+
+#[tokio::test]
+async fn pax_global_header_and_long_names_are_fine() {
+    let (d, home) = home();
+    let run = qcow2(None, false, 1000);
+    let spec = clawspec(
+        "pax",
+        ("ubuntu:24.04", BASE_SHA),
+        Some(("clawbox:///run.qcow2", &sha(&run))),
+    );
+    let g = Raw {
+        path: b"pax_global_header",
+        kind: b'g',
+        data: b"52 comment=0123456789012345678901234567890123456789\n",
+        mode: 0o666,
+        link: b"",
+    };
+    let b = raw_tar_gz(
+        &[
+            g,
+            Raw::file("clawspec.json", spec.as_bytes()),
+            Raw::file("run.qcow2", &run),
+        ],
+        &d.path().join("pax.clawbox"),
+    );
+    bundle::import(&home, &b, &Progress::silent())
+        .await
+        .unwrap();
+
+    // Long payload paths written by GNU tar (ustar 100-byte limit exceeded).
+    let src = d.path().join("src");
+    let long = format!("claw/{}/{}", "d".repeat(120), "f".repeat(150));
+    fs::create_dir_all(src.join(&long).parent().unwrap()).unwrap();
+    fs::write(src.join(&long), "deep").unwrap();
+    fs::write(src.join("run.qcow2"), &run).unwrap();
+    fs::write(src.join("clawspec.json"), &spec).unwrap();
+    let b2 = tar_gz_cli(
+        &src,
+        &["clawspec.json", "run.qcow2", "claw"],
+        &d.path().join("long.clawbox"),
+    );
+    let imp = bundle::import(&home, &b2, &Progress::silent())
+        .await
+        .unwrap();
+    assert_eq!(fs::read_to_string(imp.dir.join(&long)).unwrap(), "deep");
+}
