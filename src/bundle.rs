@@ -1471,11 +1471,51 @@ fn lookup(
     })
 }
 
+/// Forget what this process cached about bundles (tests: simulate a new process).
+#[doc(hidden)]
+pub fn clear_process_cache() {
+    CACHES.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
 /// The digest of `path` from the stat cache, without reading the file.
 pub fn cached_digest(home: &Home, path: &Path) -> Option<(String, BundleKind)> {
     let canon = fs::canonicalize(path).ok()?;
     let m = fs::metadata(&canon).ok()?;
     lookup(home, &canon, &StatKey::of(&m)).map(|(d, k, _)| (d, k))
+}
+
+/// `bundles/.specs/<digest>.json`: the clawspec of an inspected, not yet imported bundle,
+/// so that a later process planning it again needs neither a re-hash nor a re-scan.
+fn pending_spec_path(home: &Home, digest: &str) -> PathBuf {
+    home.bundles_dir()
+        .join(SPECS_DIR)
+        .join(format!("{digest}.json"))
+}
+
+/// Folder of [`pending_spec_path`] files.
+const SPECS_DIR: &str = ".specs";
+
+fn remember_pending_spec(home: &Home, digest: &str, bytes: &[u8]) {
+    if !home.bundles_dir().is_dir() {
+        return;
+    }
+    let p = pending_spec_path(home, digest);
+    let r = p
+        .parent()
+        .map_or(Ok(()), fs::create_dir_all)
+        .and_then(|()| fsutil::write_atomic(&p, bytes, 0o644));
+    if let Err(e) = r {
+        tracing::warn!(path = %p.display(), error = %e, "cannot cache a clawspec");
+    }
+}
+
+fn pending_spec(home: &Home, digest: &str, kind: BundleKind) -> Option<Arc<ClawSpec>> {
+    let p = pending_spec_path(home, digest);
+    let bytes = fs::read(&p).ok()?;
+    let spec = parse_and_validate(kind, &bytes, &p.display().to_string(), CLAWSPEC_JSON).ok()?;
+    let spec = Arc::new(spec);
+    with_cache(home, |c| c.specs.insert(digest.to_string(), spec.clone()));
+    Some(spec)
 }
 
 // ---- inspect -------------------------------------------------------------------------------
@@ -1510,7 +1550,7 @@ pub fn inspect_with(
         let spec = match spec {
             Some(s) => Some(s),
             None if imported => Some(cached_spec(home, &digest)?),
-            None => None,
+            None => pending_spec(home, &digest, kind),
         };
         if let Some(clawspec) = spec {
             return Ok(BundleDesired {
@@ -1526,10 +1566,10 @@ pub fn inspect_with(
     let (mut f, _) = open_bundle(&canon)?;
     let kind = detect_kind(&mut f, &bundle)?;
     let (f, _) = open_bundle(&canon)?;
-    let (digest, spec) = match kind {
+    let (digest, spec_bytes, spec) = match kind {
         BundleKind::Json => {
-            let (_, digest, spec) = read_json_bundle(f, meta.len(), &bundle, opts)?;
-            (digest, spec)
+            let (bytes, digest, spec) = read_json_bundle(f, meta.len(), &bundle, opts)?;
+            (digest, bytes, spec)
         }
         BundleKind::TarGz => {
             let mut scratch = Scratch {
@@ -1538,17 +1578,21 @@ pub fn inspect_with(
             };
             let tracker = Progress::silent().start(&bundle, Some(meta.len()));
             let (digest, out) = run_pipeline(f, &bundle, opts, &Mode::Scan, &mut scratch, tracker)?;
-            let (_, spec) = out.clawspec.ok_or_else(|| BundleError::MissingClawspec {
+            let (bytes, spec) = out.clawspec.ok_or_else(|| BundleError::MissingClawspec {
                 bundle: bundle.clone(),
             })?;
-            (digest, spec)
+            (digest, bytes, spec)
         }
     };
     let spec = Arc::new(spec);
     remember(home, &canon, key, &digest, kind);
     with_cache(home, |c| c.specs.insert(digest.clone(), spec.clone()));
+    let imported = is_imported(home, &digest);
+    if !imported {
+        remember_pending_spec(home, &digest, &spec_bytes);
+    }
     Ok(BundleDesired {
-        imported: is_imported(home, &digest),
+        imported,
         digest,
         source: canon,
         kind,
@@ -1741,6 +1785,7 @@ pub fn import_blocking(
     let final_dir = home.bundle_dir(&digest);
     commit_dir(home, &tmp_dir, &final_dir, &digest)?;
     scratch.tmp_dir = None;
+    let _ = fs::remove_file(pending_spec_path(home, &digest));
     let spec = Arc::new(spec);
     with_cache(home, |c| c.specs.insert(digest.clone(), spec.clone()));
     Ok(ImportedBundle {
@@ -2054,6 +2099,16 @@ pub fn gc(home: &Home, referenced: &BTreeSet<String>, dry_run: bool) -> GcReport
     }
 
     let mut temps = stale_temps(home);
+    // Cached clawspecs of bundles that are imported (redundant) or that no instance uses.
+    if let Ok(rd) = fs::read_dir(home.bundles_dir().join(SPECS_DIR)) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let digest = name.strip_suffix(".json").unwrap_or(&name);
+            if !referenced.contains(digest) || is_imported(home, digest) {
+                temps.push(e.path());
+            }
+        }
+    }
     let store = BlobStore::new(home);
     let mut held = Vec::new();
     if let Ok(rd) = fs::read_dir(store.tmp_dir()) {

@@ -1,8 +1,8 @@
 //! Producing blobs from sources: resumable HTTP downloads and `file://` copies.
 //!
 //! Both hash in the same pass as they write `blobs/.tmp/<sha256>.part`, and both end in
-//! [`crate::blob::publish_verified`] (verify, check the disk header, fsync, `0444`, rename).
-//! Callers hold the blob's lock (see [`crate::blob::BlobStore::fetch_source`]).
+//! `blob::publish_verified` (verify, check the disk header, fsync, `0444`, rename).
+//! Callers hold the blob's lock (see `BlobStore::fetch_source`).
 
 use std::fs::File;
 use std::io::{self, Read};

@@ -330,6 +330,23 @@ async fn inspect_identifies_without_importing_and_caches_the_digest() {
     let cache = fs::read_to_string(home.bundles_dir().join("stat-cache.json")).unwrap();
     assert!(cache.contains(&ins.digest), "{cache}");
 
+    // A later process planning the same unchanged, unimported file reads neither it nor
+    // its archive: clobber the bytes (same size, mtime, inode) and it still answers.
+    {
+        let f = fs::OpenOptions::new().write(true).open(&b).unwrap();
+        let mtime = f.metadata().unwrap().modified().unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&vec![0u8; bytes.len()], 0).unwrap();
+        f.set_modified(mtime).unwrap();
+        bundle::clear_process_cache();
+        let again = bundle::inspect(&home, &b).unwrap();
+        assert_eq!(again.digest, ins.digest);
+        assert_eq!(again.clawspec.name, "demo");
+        assert!(!again.imported);
+        f.write_all_at(&bytes, 0).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+
     bundle::import(&home, &b, &Progress::silent())
         .await
         .unwrap();
@@ -518,8 +535,18 @@ async fn list_and_gc_keep_what_is_referenced() {
     assert!(bundle::is_imported(&home, &a.digest));
     assert!(!leftover.exists());
 
-    // Nothing referenced: everything goes.
+    // Nothing referenced: everything goes, cached clawspecs of unimported bundles too.
+    let j = d.path().join("j.clawbox");
+    fs::write(
+        &j,
+        clawspec("j", ("https://example.invalid/b.img", BASE_SHA), None),
+    )
+    .unwrap();
+    let jd = bundle::inspect(&home, &j).unwrap().digest;
+    let spec_cache = home.bundles_dir().join(".specs").join(format!("{jd}.json"));
+    assert!(spec_cache.exists());
     let all = bundle::gc(&home, &BTreeSet::new(), false);
     assert!(all.failures.is_empty());
     assert!(bundle::list(&home).is_empty());
+    assert!(!spec_cache.exists());
 }

@@ -202,7 +202,7 @@ pub fn names(dir: &Path) -> Vec<String> {
 pub fn assert_nothing_left(home: &Home) {
     let bundles: Vec<String> = names(&home.bundles_dir())
         .into_iter()
-        .filter(|n| n != "stat-cache.json" && n != ".locks")
+        .filter(|n| n != "stat-cache.json" && n != ".locks" && n != ".specs")
         .collect();
     assert!(bundles.is_empty(), "bundles/ has leftovers: {bundles:?}");
     let blobs: Vec<String> = names(&home.blobs_dir())
