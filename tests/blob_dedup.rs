@@ -1,19 +1,22 @@
 //! One download per blob: concurrent tasks, threads with separate stores, and separate
 //! processes all wanting the same blob make a single request (counted at the server).
 
-mod common;
+#[path = "common/blobkit.rs"]
+mod blobkit;
+#[path = "common/httpd.rs"]
+mod httpd;
 
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use blobkit::*;
 use clawfarm::blob::BlobStore;
 use clawfarm::clawspec::Image;
 use clawfarm::home::Home;
 use clawfarm::progress::Progress;
-use common::httpd::{Behavior, Server};
-use common::*;
+use httpd::{Behavior, Server};
 
 fn slow() -> Behavior {
     Behavior {

@@ -1,17 +1,20 @@
 //! Blob downloads against a real HTTP server on 127.0.0.1: verify, resume, restart,
 //! mismatch, catalog names, file:// sources, disk-image checks.
 
-mod common;
+#[path = "common/blobkit.rs"]
+mod blobkit;
+#[path = "common/httpd.rs"]
+mod httpd;
 
 use std::fs;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use blobkit::*;
 use clawfarm::blob::{BlobError, BlobStore, FetchOptions};
 use clawfarm::clawspec::Image;
 use clawfarm::progress::{Progress, ProgressEvent};
-use common::httpd::{Behavior, Server};
-use common::*;
+use httpd::{Behavior, Server};
 
 fn fast_opts(retries: u32) -> FetchOptions {
     FetchOptions {

@@ -1,18 +1,21 @@
 //! `.clawbox` import and inspect, with bundles built by the real `tar` and `gzip`.
 
-mod common;
+#[path = "common/blobkit.rs"]
+mod blobkit;
+#[path = "common/httpd.rs"]
+mod httpd;
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use blobkit::*;
 use clawfarm::bundle::{self, BundleError, StoredKind};
 use clawfarm::desired::BundleKind;
 use clawfarm::home::Home;
 use clawfarm::progress::Progress;
-use common::httpd::{Behavior, Server};
-use common::*;
+use httpd::{Behavior, Server};
 
 /// A bundle source folder: clawspec.json, run.qcow2, claw/ payload.
 struct Src {
@@ -131,7 +134,7 @@ async fn import_cli_bundle_run_first_with_dot_prefix() {
         .unwrap();
     check_imported(&home, &imp, &src.run, &b);
     // The whole folder form (`tar -C src .`) too.
-    let (_d2, home2) = common::home();
+    let (_d2, home2) = blobkit::home();
     let b2 = tar_gz_cli(&src.dir, &["."], &d.path().join("c.clawbox"));
     let imp2 = bundle::import(&home2, &b2, &Progress::silent())
         .await

@@ -2,14 +2,15 @@
 //! the entry, and nothing is left behind (temp folder and staged blobs removed).
 //! Archives are built with the `tar` crate's raw header API, which the CLI cannot do.
 
-mod common;
+#[path = "common/blobkit.rs"]
+mod blobkit;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use blobkit::*;
 use clawfarm::bundle::{self, BundleError, ImportOptions, Refusal};
 use clawfarm::progress::Progress;
-use common::*;
 
 /// A valid clawspec + run image, then `evil` entries.
 fn bundle_with(dir: &Path, name: &str, evil: Vec<Raw<'_>>, spec_first: bool) -> PathBuf {

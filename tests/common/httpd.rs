@@ -3,6 +3,8 @@
 //! failure modes the blob store must survive (dropped connections, ignored ranges, wrong
 //! bytes, slow bodies, error statuses). It records every request.
 
+#![allow(dead_code)]
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

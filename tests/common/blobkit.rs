@@ -1,7 +1,6 @@
-//! Shared helpers for the blob and bundle tests.
+//! Shared helpers for the blob and bundle tests (included with `#[path]`, next to the
+//! engine tests' `common/mod.rs`).
 #![allow(dead_code)]
-
-pub mod httpd;
 
 use std::fs;
 use std::io::Write;
