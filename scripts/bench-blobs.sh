@@ -6,7 +6,8 @@
 # Prints, for the same file:
 #   verify:  blob verify (clawfarm's SHA-256)      vs  sha256sum
 #   import:  clawfarm bundle import (with fsync)   vs  tar xzf + sha256sum (no fsync)
-# as best-of-N wall times and ratios (>1 means clawfarm is faster).
+# as best-of-N wall times, the CPU time (user+sys) of that run, and ratios (>1 means
+# clawfarm is faster). On a shared machine the CPU ratio is the steadier figure.
 #
 # Inputs are generated once into ${TMPDIR:-/tmp}/clawfarm-bench-<MIB> and kept for
 # reruns (the gzip step is the slow part); BENCH_CLEAN=1 removes them at the end.
@@ -40,17 +41,21 @@ fi
 FILE=$DIR/src/run.qcow2
 BOX=$DIR/b.clawbox
 
-now() { date +%s.%N; }
-# best-of-RUNS wall time of a command (after a warm-up run that fills the page cache).
+# best-of-RUNS of a command (after a warm-up run that fills the page cache): prints
+# "WALL CPU" for the run with the best wall time (CPU = user + sys, children included).
 best() {
-  local best="" t0 t1 d
+  local best="" cpu="" line w c TIMEFORMAT='%R %U %S'
   "$@" >/dev/null
   for _ in $(seq "$RUNS"); do
-    t0=$(now); "$@" >/dev/null; t1=$(now)
-    d=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
-    if [[ -z $best ]] || awk -v d="$d" -v b="$best" 'BEGIN { exit !(d < b) }'; then best=$d; fi
+    line=$({ time "$@" >/dev/null; } 2>&1 | tail -1)
+    w=$(awk '{ print $1 }' <<<"$line")
+    c=$(awk '{ print $2 + $3 }' <<<"$line")
+    if [[ -z $best ]] || awk -v d="$w" -v b="$best" 'BEGIN { exit !(d < b) }'; then
+      best=$w
+      cpu=$c
+    fi
   done
-  printf '%.3f' "$best"
+  echo "$best $cpu"
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
@@ -67,15 +72,15 @@ ours_import() {
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "file: $(numfmt --to=iec "$(stat -c %s "$FILE")") data, bundle $(numfmt --to=iec "$(stat -c %s "$BOX")") (gzip -1)"
 
-T_SHA=$(best sha256sum "$FILE")
-T_VER=$(best "$BIN" verify "$FILE")
-printf 'verify   sha256sum %7ss   clawfarm %7ss   ratio %sx\n' \
-  "$T_SHA" "$T_VER" "$(ratio "$T_SHA" "$T_VER")"
+read -r W_SHA C_SHA < <(best sha256sum "$FILE")
+read -r W_VER C_VER < <(best "$BIN" verify "$FILE")
+printf 'verify   sha256sum        %7ss (cpu %6ss)   clawfarm %7ss (cpu %6ss)   wall ratio %sx  cpu ratio %sx\n' \
+  "$W_SHA" "$C_SHA" "$W_VER" "$C_VER" "$(ratio "$W_SHA" "$W_VER")" "$(ratio "$C_SHA" "$C_VER")"
 
-T_PIPE=$(best pipeline)
-T_IMP=$(best ours_import)
-printf 'import   tar xzf+sha256sum %7ss   clawfarm %7ss   ratio %sx\n' \
-  "$T_PIPE" "$T_IMP" "$(ratio "$T_PIPE" "$T_IMP")"
+read -r W_PIPE C_PIPE < <(best pipeline)
+read -r W_IMP C_IMP < <(best ours_import)
+printf 'import   tar xzf+sha256sum %7ss (cpu %6ss)   clawfarm %7ss (cpu %6ss)   wall ratio %sx  cpu ratio %sx\n' \
+  "$W_PIPE" "$C_PIPE" "$W_IMP" "$C_IMP" "$(ratio "$W_PIPE" "$W_IMP")" "$(ratio "$C_PIPE" "$C_IMP")"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 rm -rf "$DIR/x"
