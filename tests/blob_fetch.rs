@@ -464,3 +464,69 @@ fn stderr_progress_is_line_oriented_and_never_on_stdout() {
     assert!(lines.len() <= 12, "{stderr}");
     assert!(!stdout.contains(&sum[..12]), "progress on stdout: {stdout}");
 }
+
+#[test]
+fn headers_written_by_real_qemu_img() {
+    // Skipped where qemu-img is not installed.
+    if std::process::Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("qemu-img not found; skipped");
+        return;
+    }
+    use clawfarm::blob::{DiskFormat, DiskProblem, check_disk_header, disk_format};
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base.qcow2");
+    let top = d.path().join("top.qcow2");
+    let raw = d.path().join("disk.raw");
+    let run = |args: &[&str]| {
+        let st = std::process::Command::new("qemu-img")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "qemu-img {args:?}");
+    };
+    run(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "16M"]);
+    run(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        base.to_str().unwrap(),
+        top.to_str().unwrap(),
+    ]);
+    run(&["create", "-q", "-f", "raw", raw.to_str().unwrap(), "1M"]);
+    assert_eq!(disk_format(&base).unwrap(), DiskFormat::Qcow2);
+    assert_eq!(disk_format(&raw).unwrap(), DiskFormat::Raw);
+    let head = fs::read(&top).unwrap();
+    assert_eq!(
+        check_disk_header(&head[..4096]),
+        Err(DiskProblem::BackingFile {
+            name: base.display().to_string()
+        })
+    );
+    assert!(disk_format(&top).is_err());
+    // An external data file (qcow2 v3 incompatible feature bit 2).
+    let ext = d.path().join("ext.qcow2");
+    let data = d.path().join("ext.data");
+    run(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={}", data.display()),
+        ext.to_str().unwrap(),
+        "1M",
+    ]);
+    let head = fs::read(&ext).unwrap();
+    assert_eq!(
+        check_disk_header(&head[..4096]),
+        Err(DiskProblem::ExternalDataFile)
+    );
+}
