@@ -13,6 +13,7 @@
 
 pub mod blob;
 pub mod bundle;
+pub mod catalog;
 pub mod clawspec;
 pub mod cli;
 pub mod desired;
@@ -21,6 +22,7 @@ pub mod driver;
 pub mod engine;
 pub mod events;
 pub mod exec;
+pub mod fetch;
 pub mod fsutil;
 pub mod guest;
 pub mod home;
@@ -29,6 +31,7 @@ pub mod manifest;
 pub mod observe;
 pub mod par;
 pub mod plan;
+pub mod progress;
 pub mod prompt;
 pub mod record;
 pub mod resolve;
