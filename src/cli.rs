@@ -171,6 +171,27 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Import a bundle into the store without running it (idempotent).
+    Import {
+        /// The `.clawbox` bundle (tar.gz, or a plain JSON clawspec).
+        bundle: PathBuf,
+    },
+    /// List stored bundles and blobs, with sizes and the instances that use them.
+    Images {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Remove bundles and blobs that no instance uses (and leftovers of interrupted
+    /// imports and downloads).
+    Gc {
+        /// Only show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for a running apply/watch (default: forever).
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        lock_timeout: Option<Duration>,
+    },
     /// Show the event log.
     Events {
         /// Follow: keep printing new events.
@@ -347,6 +368,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             run_cmd(&home, &req, !no_wait, output)
         }
+        Command::Import { bundle } => import_cmd(&home, &bundle),
+        Command::Images { output } => images(&home, output),
+        Command::Gc {
+            dry_run,
+            lock_timeout,
+        } => gc(&home, dry_run, lock_timeout),
         Command::Events { follow, name } => events(&home, name.as_deref(), follow),
         Command::Watch {
             dir,
@@ -1032,4 +1059,139 @@ fn run_cmd(
         }
     }
     Ok(if ok { 0 } else { 1 })
+}
+
+fn import_cmd(home: &Home, path: &std::path::Path) -> anyhow::Result<u8> {
+    home.ensure()
+        .with_context(|| format!("cannot create {}", home.root().display()))?;
+    let b = runtime()?.block_on(crate::bundle::import(
+        home,
+        path,
+        &crate::progress::Progress::stderr(),
+    ))?;
+    println!(
+        "{} {} ({})",
+        b.digest,
+        b.clawspec.name,
+        if b.fresh {
+            "imported"
+        } else {
+            "already imported"
+        }
+    );
+    Ok(0)
+}
+
+fn human_size(n: u64) -> String {
+    let mut v = n as f64;
+    for unit in ["B", "KiB", "MiB", "GiB", "TiB"] {
+        if v < 1024.0 || unit == "TiB" {
+            return if unit == "B" {
+                format!("{n} B")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+        v /= 1024.0;
+    }
+    unreachable!()
+}
+
+fn images(home: &Home, output: Output) -> anyhow::Result<u8> {
+    let items = crate::bundle::list(home);
+    let (records, _) = Record::read_all(home);
+    // Which instances use each bundle, and through their bundles, each blob.
+    let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for r in &records {
+        users
+            .entry(r.build.bundle.clone())
+            .or_default()
+            .push(r.clawid.clone());
+    }
+    for it in &items {
+        if it.kind == crate::bundle::StoredKind::Bundle {
+            let ids = users.get(&it.digest).cloned().unwrap_or_default();
+            for b in &it.blobs {
+                users
+                    .entry(b.clone())
+                    .or_default()
+                    .extend(ids.iter().cloned());
+            }
+        }
+    }
+    for v in users.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    match output {
+        Output::Json => {
+            let rows: Vec<serde_json::Value> = items
+                .iter()
+                .map(|it| {
+                    let mut v = serde_json::to_value(it).expect("items serialize");
+                    v["used_by"] =
+                        serde_json::json!(users.get(&it.digest).cloned().unwrap_or_default());
+                    v
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        Output::Text => {
+            let mut t = vec![["KIND", "DIGEST", "NAME", "SIZE", "USED BY"].map(String::from)];
+            for it in &items {
+                let used = users.get(&it.digest).cloned().unwrap_or_default();
+                t.push([
+                    format!("{:?}", it.kind).to_lowercase(),
+                    crate::plan::short(&it.digest).to_string(),
+                    it.name.clone().unwrap_or_else(|| "-".into()),
+                    human_size(it.size),
+                    if used.is_empty() {
+                        "-".into()
+                    } else {
+                        used.join(",")
+                    },
+                ]);
+            }
+            print_table(&t);
+        }
+    }
+    Ok(0)
+}
+
+fn gc(home: &Home, dry_run: bool, lock_timeout: Option<Duration>) -> anyhow::Result<u8> {
+    home.ensure()
+        .with_context(|| format!("cannot create {}", home.root().display()))?;
+    // Under the apply lock: no apply can be importing or planning on what we remove.
+    let _lock = apply_lock(home, lock_timeout)?;
+    let (records, errors) = Record::read_all(home);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: {}", error_chain(e));
+        }
+        bail!("refusing to collect garbage while some records cannot be read");
+    }
+    let referenced = records.iter().map(|r| r.build.bundle.clone()).collect();
+    let rep = crate::bundle::gc(home, &referenced, dry_run);
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for it in &rep.removed {
+        println!(
+            "{verb} {} {} ({})",
+            format!("{:?}", it.kind).to_lowercase(),
+            it.digest,
+            human_size(it.size)
+        );
+    }
+    for p in &rep.temp {
+        println!("{verb} leftover {}", p.display());
+    }
+    for f in &rep.failures {
+        eprintln!("error: {f:?}");
+    }
+    println!(
+        "{} {}, kept {} item(s)",
+        verb,
+        human_size(rep.freed_bytes),
+        rep.kept.len()
+    );
+    Ok(if rep.failures.is_empty() { 0 } else { 1 })
 }
