@@ -13,7 +13,9 @@ use anyhow::{Context, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::desired::{self, Desired, ParamEnv, gateway_port};
+use crate::driver::accel::AccelMode;
 use crate::driver::fake::FakeDriver;
+use crate::driver::host::{HostConfig, HostDriver};
 use crate::driver::{Driver, GuestHealth, Liveness};
 use crate::engine::{self, PassOptions};
 use crate::events::{Event, EventSink};
@@ -54,6 +56,16 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t)]
     pub log_format: LogFormat,
+    /// Accelerator for VMs started by this command: auto (KVM when verified to work, else
+    /// TCG), kvm or tcg.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CLAWFARM_ACCEL",
+        value_name = "MODE"
+    )]
+    pub accel: Option<AccelMode>,
     /// The verb.
     #[command(subcommand)]
     pub command: Command,
@@ -200,6 +212,38 @@ pub enum Command {
         /// Only this instance (CLAWID or name prefix).
         name: Option<String>,
     },
+    /// Show an instance's logs: by default a summary (state, bootstrap phases, the end of
+    /// the serial console).
+    Logs {
+        /// CLAWID, name, or unique CLAWID prefix.
+        id: String,
+        /// Keep printing new output until the VM stops (with --bootstrap: until the
+        /// bootstrap ends).
+        #[arg(short, long)]
+        follow: bool,
+        /// The serial console of the current boot.
+        #[arg(long, group = "which")]
+        serial: bool,
+        /// The guest's bootstrap phases, with the log tail of a failed one.
+        #[arg(long, group = "which")]
+        bootstrap: bool,
+        /// QEMU's own output and clawfarm's start/stop lines.
+        #[arg(long, group = "which")]
+        qemu: bool,
+    },
+    /// Log in to an instance as user claw over SSH, or run a command there
+    /// (`clawfarm ssh NAME -- CMD...`).
+    Ssh {
+        /// CLAWID, name, or unique CLAWID prefix.
+        id: String,
+        /// Command to run instead of a login shell.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<String>,
+    },
     /// Reconcile a folder continuously: on file changes, on a periodic resync, and when a
     /// VM exits (restarted with backoff). SIGINT/SIGTERM exit 0 and leave the VMs running.
     Watch {
@@ -262,13 +306,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The `--accel` flag of this process (it wins over `CLAWFARM_ACCEL`).
+static ACCEL_FLAG: std::sync::OnceLock<AccelMode> = std::sync::OnceLock::new();
+
 /// The driver for this home: the fake when `CLAWFARM_DRIVER=fake` (tests), else QEMU.
 pub fn make_driver(home: &Home) -> anyhow::Result<Arc<dyn Driver>> {
     match std::env::var("CLAWFARM_DRIVER").as_deref() {
         Ok("fake") => Ok(Arc::new(FakeDriver::new(home.clone()))),
-        Ok("qemu") | Err(_) => bail!("the QEMU driver is not built yet; set CLAWFARM_DRIVER=fake"),
+        Ok("qemu") | Err(_) => Ok(Arc::new(host_driver(home)?)),
         Ok(other) => bail!("unknown CLAWFARM_DRIVER {other:?} (expected qemu or fake)"),
     }
+}
+
+/// The QEMU driver for this home, configured from the environment and `--accel`.
+pub fn host_driver(home: &Home) -> anyhow::Result<HostDriver> {
+    let mut cfg = HostConfig::from_env()?;
+    if let Some(a) = ACCEL_FLAG.get() {
+        cfg.accel = *a;
+    }
+    Ok(HostDriver::with_config(home.clone(), cfg))
 }
 
 fn param_env_lookup(name: &str) -> Option<String> {
@@ -310,6 +366,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Validate { .. } | Command::Watch { .. }
     ) {
         PROMPTS.store(false, Ordering::Relaxed);
+    }
+    if let Some(a) = cli.accel {
+        let _ = ACCEL_FLAG.set(a);
     }
     match cli.command {
         Command::Validate { files } => validate(&home, &files),
@@ -390,6 +449,25 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             cfg.parallelism = parallelism.into();
             watch(&home, cfg, lock_timeout, cli.log_format)
         }
+        Command::Logs {
+            id,
+            follow,
+            serial,
+            bootstrap,
+            qemu,
+        } => {
+            let which = if serial {
+                LogView::Serial
+            } else if bootstrap {
+                LogView::Bootstrap
+            } else if qemu {
+                LogView::Qemu
+            } else {
+                LogView::Summary
+            };
+            logs(&home, &id, which, follow)
+        }
+        Command::Ssh { id, command } => ssh(&home, &id, &command),
     }
 }
 
@@ -761,14 +839,26 @@ fn stop(home: &Home, id: &str) -> anyhow::Result<u8> {
     let driver = make_driver(home)?;
     let (_l, mut r) = locked_record(home, id)?;
     let events = EventSink::to_file(home.events_log());
-    runtime()?.block_on(driver.stop(&r))?;
+    let outcome = if driver.kind() == "qemu" {
+        let h = host_driver(home)?;
+        Some(runtime()?.block_on(h.stop_instance(&r))?)
+    } else {
+        runtime()?.block_on(driver.stop(&r))?;
+        None
+    };
     r.phase = Phase::Stopped;
     r.runtime.process = None;
     r.set_condition("Ready", "false", "Stopped", "stopped by clawfarm stop");
     r.updated_at = SystemTime::now();
     r.write(home)?;
-    events.emit(Event::new(&r.clawid, "stop", "ok", "clawfarm stop".into()));
-    println!("{} stopped", r.clawid);
+    let how = outcome.map(|o| format!(" ({o})")).unwrap_or_default();
+    events.emit(Event::new(
+        &r.clawid,
+        "stop",
+        "ok",
+        format!("clawfarm stop{how}"),
+    ));
+    println!("{} stopped{how}", r.clawid);
     Ok(0)
 }
 
@@ -949,6 +1039,198 @@ fn watch(
         "watch stopped; VMs left running"
     );
     Ok(0)
+}
+
+/// Which log `clawfarm logs` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogView {
+    /// State, bootstrap phases and the end of the serial console.
+    Summary,
+    /// `serial.log`.
+    Serial,
+    /// The guest status lines of the current boot.
+    Bootstrap,
+    /// `qemu.log`.
+    Qemu,
+}
+
+fn logs(home: &Home, id: &str, which: LogView, follow: bool) -> anyhow::Result<u8> {
+    use std::io::Write;
+    let rec = find_record(home, id)?;
+    let drv = host_driver(home)?;
+    let files = drv.files(&rec.clawid);
+    let running = || drv.running(&rec.clawid, Some(&rec)).is_some();
+    let mut out = std::io::stdout().lock();
+    match which {
+        LogView::Serial | LogView::Qemu => {
+            let path = if which == LogView::Serial {
+                files.serial_log()
+            } else {
+                files.qemu_log()
+            };
+            if !path.exists() && !follow {
+                bail!("instance {} has no {} yet", rec.clawid, path.display());
+            }
+            follow_file(&path, 0, follow, &running, &mut out)?;
+        }
+        LogView::Bootstrap => {
+            let nonce = boot_nonce(&drv, &rec)?;
+            let mut shown = 0;
+            loop {
+                let st = crate::guest::read_status(&files.status_log(), &nonce)?;
+                for ev in &st.events[shown.min(st.events.len())..] {
+                    writeln!(out, "{}", format_event(ev))?;
+                }
+                shown = st.events.len();
+                out.flush()?;
+                if !follow || st.done || st.failed.is_some() || !running() {
+                    if st.events.is_empty() {
+                        writeln!(out, "(no bootstrap report yet from boot {})", short(&nonce))?;
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        LogView::Summary => {
+            let live = drv.probe(&rec);
+            let o = Observed {
+                record: rec.clone(),
+                live: live.clone(),
+            };
+            let (status, last_error) = status_of(&drv, &o);
+            writeln!(out, "{} ({})  status: {status}", rec.clawid, rec.name)?;
+            let rt = drv
+                .live_runtime(&rec)
+                .unwrap_or_else(|| rec.runtime.clone());
+            if let Some(a) = &rt.accel {
+                writeln!(out, "  accel:    {a}")?;
+            }
+            match &live {
+                Liveness::Running(p) => writeln!(
+                    out,
+                    "  qemu:     pid {}{}{}",
+                    p.pid,
+                    rt.ssh_port
+                        .map(|p| format!(", ssh 127.0.0.1:{p}"))
+                        .unwrap_or_default(),
+                    rt.started_at
+                        .map(|t| format!(", started {}", humantime::format_rfc3339_seconds(t)))
+                        .unwrap_or_default()
+                )?,
+                Liveness::Exited => writeln!(out, "  qemu:     exited (see clawfarm logs --qemu)")?,
+                Liveness::NotStarted => writeln!(out, "  qemu:     not running")?,
+            }
+            if let Some(p) = gateway_port(&rec.resources) {
+                writeln!(out, "  gateway:  127.0.0.1:{} -> guest {}", p.host, p.guest)?;
+            }
+            if let Some(e) = &last_error {
+                writeln!(out, "  error:    {}", e.replace('\n', "\n            "))?;
+            }
+            if let Some(nonce) = rt.boot_nonce.as_deref() {
+                let st = crate::guest::read_status(&files.status_log(), nonce)?;
+                writeln!(out, "bootstrap (boot {}): {}", short(nonce), st.summary())?;
+                for ev in &st.events {
+                    writeln!(out, "  {}", format_event(ev).replace('\n', "\n  "))?;
+                }
+            }
+            let serial = files.serial_log();
+            let tail = crate::driver::host::read_tail(&serial, 64 * 1024);
+            let lines: Vec<&str> = tail.lines().collect();
+            let from = lines.len().saturating_sub(20);
+            writeln!(
+                out,
+                "serial console ({}, last {} lines):",
+                serial.display(),
+                lines.len() - from
+            )?;
+            for l in &lines[from..] {
+                writeln!(out, "  {l}")?;
+            }
+            out.flush()?;
+            if follow {
+                let len = std::fs::metadata(&serial).map(|m| m.len()).unwrap_or(0);
+                follow_file(&serial, len, true, &running, &mut out)?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn short(nonce: &str) -> &str {
+    &nonce[..8.min(nonce.len())]
+}
+
+fn boot_nonce(drv: &HostDriver, rec: &Record) -> anyhow::Result<String> {
+    drv.live_runtime(rec)
+        .and_then(|r| r.boot_nonce)
+        .or_else(|| rec.runtime.boot_nonce.clone())
+        .ok_or_else(|| anyhow::anyhow!("instance {} was never started", rec.clawid))
+}
+
+/// One status line for people: `TS  PHASE  STATUS [(exit N)]`, then the tail of a failure.
+fn format_event(ev: &crate::guest::GuestEvent) -> String {
+    use crate::guest::StepState;
+    let state = match ev.state {
+        StepState::Started => "started".to_string(),
+        StepState::Ok => "ok".to_string(),
+        StepState::Failed => format!("FAILED (exit {})", ev.code.unwrap_or(-1)),
+    };
+    let mut s = format!(
+        "{:<20}  {:<24}  {state}",
+        ev.ts.as_deref().unwrap_or("-"),
+        ev.phase.to_string()
+    );
+    if let Some(t) = ev.tail.as_deref().filter(|t| !t.trim().is_empty()) {
+        for l in t.lines() {
+            s.push_str("\n    | ");
+            s.push_str(l);
+        }
+    }
+    s
+}
+
+/// Print `path` from `offset`; with `follow`, keep printing what is appended (starting
+/// over when the file is truncated by a new boot) until `running` says the VM is gone.
+fn follow_file(
+    path: &std::path::Path,
+    mut offset: u64,
+    follow: bool,
+    running: &dyn Fn() -> bool,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    loop {
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            offset = 0;
+        }
+        if len > offset {
+            let mut f = std::fs::File::open(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            f.seek(SeekFrom::Start(offset))?;
+            let mut buf = Vec::new();
+            f.take(len - offset).read_to_end(&mut buf)?;
+            out.write_all(&buf)?;
+            out.flush()?;
+            offset = len;
+            continue;
+        }
+        if !follow || !running() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn ssh(home: &Home, id: &str, command: &[String]) -> anyhow::Result<u8> {
+    use std::os::unix::process::CommandExt;
+    let rec = find_record(home, id)?;
+    let drv = host_driver(home)?;
+    let mut cmd = drv.ssh_command(&rec, command)?;
+    // exec only returns on failure.
+    let e = cmd.exec();
+    Err(e).context("cannot run ssh")
 }
 
 /// True when both stdin and stderr are terminals (prompts are allowed).

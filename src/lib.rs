@@ -33,6 +33,7 @@ pub mod par;
 pub mod plan;
 pub mod progress;
 pub mod prompt;
+pub mod qmp;
 pub mod record;
 pub mod resolve;
 pub mod run;

@@ -11,7 +11,12 @@ use crate::clawspec::Image;
 use crate::desired::{BundleDesired, DesiredInstance};
 use crate::record::{ProcessId, Record, Runtime};
 
+pub mod accel;
+pub mod cmdline;
 pub mod fake;
+pub mod host;
+pub mod layout;
+pub mod procfs;
 
 /// Errors from a driver. The chain is printed once, outermost first (`{:#}`).
 pub type DriverError = anyhow::Error;

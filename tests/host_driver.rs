@@ -1,0 +1,269 @@
+//! The host driver without booting a guest: overlay disks, seeds and keys, volumes,
+//! remove, probe and adoption of a running "QEMU" (a stand-in process whose command line
+//! names the instance). Needs `qemu-img` (skipped with a message when it is missing).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clawfarm::clawspec::ProvisionStep;
+use clawfarm::desired::{BundleDesired, DesiredInstance};
+use clawfarm::driver::host::{HostConfig, HostDriver, qcow2_backing};
+use clawfarm::driver::layout::volumes_dir;
+use clawfarm::driver::{Driver, Liveness};
+use clawfarm::home::Home;
+use clawfarm::manifest::Volume;
+use clawfarm::record::{Phase, ProcessId};
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A home with a sparse qcow2 "base image" of `gib` GiB stored as a blob (0444).
+fn home_with_base(gib: u64) -> (tempfile::TempDir, Home, String) {
+    let d = tempfile::tempdir().unwrap();
+    let home = Home::new(d.path().join("home"));
+    home.ensure().unwrap();
+    let src = d.path().join("base.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&src)
+        .arg(format!("{gib}G"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sha = clawfarm::digest::sha256_file(&src).unwrap();
+    let blob = home.blob(&sha);
+    std::fs::rename(&src, &blob).unwrap();
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o444)).unwrap();
+    (d, home, sha)
+}
+
+fn bundle_on(base_sha: &str) -> Arc<BundleDesired> {
+    let b = common::bundle('1', true, false);
+    let mut spec = (*b.clawspec).clone();
+    spec.image[0].sha256 = base_sha.to_string();
+    spec.provision = vec![ProvisionStep {
+        name: Some("setup".into()),
+        shell: None,
+        script: "echo hi".into(),
+    }];
+    Arc::new(BundleDesired {
+        clawspec: Arc::new(spec),
+        ..(*b).clone()
+    })
+}
+
+fn instance(base_sha: &str, key: &str) -> DesiredInstance {
+    let mut d = (*common::d("demo")
+        .bundle(bundle_on(base_sha))
+        .key(key)
+        .build())
+    .clone();
+    d.volumes = vec![Volume {
+        name: "data".into(),
+        guest_path: "/srv/data".into(),
+    }];
+    d.build.volumes = d.volumes.clone();
+    d
+}
+
+fn driver(home: &Home) -> HostDriver {
+    HostDriver::with_config(
+        home.clone(),
+        HostConfig {
+            // Nothing in these tests may start a real QEMU.
+            qemu: PathBuf::from("/bin/false"),
+            ..HostConfig::default()
+        },
+    )
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn overlay_disk_is_instant_small_and_checked() {
+    if !have("qemu-img") {
+        eprintln!("skipped: qemu-img not found");
+        return;
+    }
+    let (_d, home, sha) = home_with_base(3);
+    let drv = driver(&home);
+    let inst = instance(&sha, "k1");
+    let t = Instant::now();
+    drv.create_disk(&inst).await.unwrap();
+    let took = t.elapsed();
+    let files = drv.files(&inst.clawid);
+    let disk = files.disk();
+    let size = std::fs::metadata(&disk).unwrap().len();
+    eprintln!("overlay on a 3 GiB base: {took:?}, {size} bytes");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(size < 4 << 20, "overlay is {size} bytes");
+    assert_eq!(mode(&disk), 0o600);
+    let blob = std::path::absolute(home.blob(&sha)).unwrap();
+    assert_eq!(
+        qcow2_backing(&disk).unwrap().as_deref(),
+        Some(&*blob.to_string_lossy())
+    );
+    assert!(!files.disk_tmp().exists());
+
+    // Again: kept as is.
+    let before = std::fs::metadata(&disk).unwrap().modified().unwrap();
+    drv.create_disk(&inst).await.unwrap();
+    assert_eq!(
+        std::fs::metadata(&disk).unwrap().modified().unwrap(),
+        before
+    );
+
+    // An overlay on another blob is an error naming the disk (the planner replaces).
+    let (_d2, home2, sha2) = home_with_base(1);
+    std::fs::copy(home2.blob(&sha2), home.blob(&sha2)).unwrap();
+    let other = instance(&sha2, "k1");
+    let e = drv.create_disk(&other).await.unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("disk.qcow2 backs on") && msg.contains(&sha),
+        "{msg}"
+    );
+
+    // A missing blob is named.
+    let missing = instance(&"e".repeat(64), "k1");
+    let e = drv.create_disk(&missing).await.unwrap_err();
+    assert!(format!("{e:#}").contains("is not in the store"), "{e:#}");
+}
+
+#[tokio::test]
+async fn seed_keys_once_rewrite_on_change_volumes_outside() {
+    let d = tempfile::tempdir().unwrap();
+    let home = Home::new(d.path().join("home"));
+    home.ensure().unwrap();
+    let drv = driver(&home);
+    let inst = instance(&"a".repeat(64), "secret-value-1");
+    drv.write_seed(&inst).await.unwrap();
+    let f = drv.files(&inst.clawid);
+    for p in [f.seed(), f.seed_id(), f.key(), f.host_key()].iter() {
+        assert_eq!(mode(p), 0o600, "{}", p.display());
+    }
+    let key = std::fs::read(f.key()).unwrap();
+    let hostkey = std::fs::read(f.host_key()).unwrap();
+    let id1 = std::fs::read_to_string(f.seed_id()).unwrap();
+    let m1 = std::fs::metadata(f.seed()).unwrap().modified().unwrap();
+    assert!(volumes_dir(&home, &inst.clawid).join("data").is_dir());
+    assert!(!volumes_dir(&home, &inst.clawid).starts_with(&f.dir));
+    // No secret in any file except the seed image itself.
+    for e in std::fs::read_dir(&f.dir).unwrap() {
+        let p = e.unwrap().path();
+        if p != f.seed() {
+            let b = std::fs::read(&p).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&b).contains("secret-value-1"),
+                "{} holds the secret",
+                p.display()
+            );
+        }
+    }
+
+    // Same content: nothing rewritten.
+    std::thread::sleep(Duration::from_millis(20));
+    drv.write_seed(&inst).await.unwrap();
+    assert_eq!(std::fs::metadata(f.seed()).unwrap().modified().unwrap(), m1);
+    // New param value: new seed (new instance id), same keys.
+    let changed = instance(&"a".repeat(64), "secret-value-2");
+    drv.write_seed(&changed).await.unwrap();
+    assert_ne!(std::fs::read_to_string(f.seed_id()).unwrap(), id1);
+    assert_eq!(std::fs::read(f.key()).unwrap(), key);
+    assert_eq!(std::fs::read(f.host_key()).unwrap(), hostkey);
+
+    // remove keeps volumes; purge deletes them.
+    std::fs::write(volumes_dir(&home, &inst.clawid).join("data/x"), b"keep").unwrap();
+    drv.remove(&inst.clawid, false).await.unwrap();
+    assert!(!f.dir.exists());
+    assert!(volumes_dir(&home, &inst.clawid).join("data/x").exists());
+    drv.remove(&inst.clawid, true).await.unwrap();
+    assert!(!volumes_dir(&home, &inst.clawid).exists());
+    // Removing what is gone is fine.
+    drv.remove(&inst.clawid, true).await.unwrap();
+}
+
+/// A process that looks like this instance's QEMU: its command line names the QMP socket,
+/// the boot nonce and the SSH forward, and its pid is in the pidfile.
+fn fake_qemu(drv: &HostDriver, clawid: &str) -> Child {
+    let f = drv.files(clawid);
+    std::fs::create_dir_all(&f.dir).unwrap();
+    let child = Command::new("sh")
+        .args(["-c", "sleep 60; exit 0", "qemu-system-x86_64"])
+        .args(["-accel", "tcg", "-netdev"])
+        .arg("user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22")
+        .args(["-fw_cfg", "name=opt/org.clawfarm/boot,string=cafe01"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", f.marker()))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::fs::write(f.pidfile(), format!("{}\n", child.id())).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    child
+}
+
+#[tokio::test]
+async fn probe_adopt_and_refuse_remove_of_a_running_vm() {
+    let d = tempfile::tempdir().unwrap();
+    let home = Home::new(d.path().join("home"));
+    home.ensure().unwrap();
+    let drv = driver(&home);
+    let dd = common::d("adopt");
+    let mut rec = dd.record(Phase::Creating);
+    rec.runtime = Default::default();
+    assert_eq!(drv.probe(&rec), Liveness::NotStarted);
+
+    let mut child = fake_qemu(&drv, &rec.clawid);
+    // The record knows nothing (crash right after the spawn), the pidfile does.
+    let Liveness::Running(p) = drv.probe(&rec) else {
+        panic!("not running: {:?}", drv.probe(&rec));
+    };
+    assert_eq!(p.pid, child.id());
+
+    // start adopts it (the driver's qemu is /bin/false: a spawn would fail).
+    std::fs::write(drv.files(&rec.clawid).disk(), b"x").unwrap();
+    std::fs::write(drv.files(&rec.clawid).seed(), b"x").unwrap();
+    let rt = drv.start(&rec).await.unwrap();
+    assert_eq!(rt.process.as_ref(), Some(&p));
+    assert_eq!(rt.boot_nonce.as_deref(), Some("cafe01"));
+    assert_eq!(rt.ssh_port, Some(40022));
+    assert_eq!(rt.accel.as_deref(), Some("tcg (adopted)"));
+    // A second start adopts the same process again.
+    assert_eq!(drv.start(&rec).await.unwrap(), rt);
+
+    let e = drv.remove(&rec.clawid, false).await.unwrap_err();
+    assert!(format!("{e:#}").contains("still running"), "{e:#}");
+
+    // A pid that was reused by another process is not ours.
+    rec.runtime = rt.clone();
+    let reused = ProcessId {
+        pid: p.pid,
+        start_time: p.start_time + 7,
+    };
+    let mut rec2 = rec.clone();
+    rec2.runtime.process = Some(reused);
+    std::fs::remove_file(drv.files(&rec.clawid).pidfile()).unwrap();
+    std::fs::remove_file(drv.files(&rec.clawid).runtime()).unwrap();
+    assert_eq!(drv.probe(&rec2), Liveness::Exited);
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(drv.probe(&rec), Liveness::Exited);
+    // Stopping a VM that is gone is fine.
+    drv.stop(&rec).await.unwrap();
+    drv.remove(&rec.clawid, false).await.unwrap();
+}
