@@ -500,9 +500,15 @@ fn inflight_mutex(key: &Path) -> Arc<tokio::sync::Mutex<()>> {
 /// Take the exclusive lock of `lock_path` without blocking a runtime thread: try, then
 /// sleep and try again. `Ok(None)` from [`try_flock`] means "held by someone else".
 pub(crate) async fn flock_async(lock_path: &Path) -> Result<File, BlobError> {
+    let started = std::time::Instant::now();
+    let mut told = false;
     loop {
         if let Some(f) = try_flock(lock_path)? {
             return Ok(f);
+        }
+        if !told && started.elapsed() > Duration::from_secs(2) {
+            told = true;
+            tracing::info!(lock = %lock_path.display(), "waiting for another clawfarm process producing this blob");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -18,7 +18,7 @@
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
@@ -115,6 +115,12 @@ pub enum Refusal {
     /// More entries than [`ImportOptions::max_entries`].
     #[error("more than {limit} entries")]
     TooManyEntries {
+        /// The limit.
+        limit: u64,
+    },
+    /// More than 1 MiB of headers (GNU long names, PAX records) before an entry.
+    #[error("more than {limit} bytes of headers before the next entry")]
+    HeadersTooLarge {
         /// The limit.
         limit: u64,
     },
@@ -333,7 +339,7 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Bundle
 
 /// Parse a clawspec. One place to swap in `ClawSpec::parse` when it lands.
 fn parse_clawspec(bytes: &[u8]) -> Result<ClawSpec, Box<dyn std::error::Error + Send + Sync>> {
-    serde_json::from_slice::<ClawSpec>(bytes).map_err(Into::into)
+    ClawSpec::parse(bytes).map_err(Into::into)
 }
 
 // ---- metadata ------------------------------------------------------------------------------
@@ -590,20 +596,93 @@ fn read_json_bundle(
 
 // ---- the tar.gz pipeline -------------------------------------------------------------------
 
-/// Reads the bundle file, hashing every byte (the digest) and reporting progress.
-struct HashingReader {
-    inner: File,
-    hasher: Sha256,
-    tracker: Tracker,
+/// The inflating side's view of the compressed bytes (a `BufRead` over channel blocks).
+struct RawReader {
+    rx: Receiver<Vec<u8>>,
+    recycle: SyncSender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
 }
 
-impl Read for HashingReader {
+impl Read for RawReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.tracker.advance(n as u64);
+        let avail = io::BufRead::fill_buf(self)?;
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        io::BufRead::consume(self, n);
         Ok(n)
     }
+}
+
+impl io::BufRead for RawReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.cur.len() {
+            let old = std::mem::take(&mut self.cur);
+            if old.capacity() >= CHUNK {
+                let _ = self.recycle.try_send(old);
+            }
+            self.pos = 0;
+            // A closed channel is the end of the file (or a read error, which the reading
+            // stage reports).
+            if let Ok(b) = self.rx.recv() {
+                self.cur = b;
+            }
+        }
+        Ok(&self.cur[self.pos..])
+    }
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.cur.len());
+    }
+}
+
+/// Stage 1: read the bundle file in large blocks, hash every byte (the digest), report
+/// progress, pass the blocks on. Once the next stage hangs up (tar end, or clawspec found
+/// while scanning) it only reads and hashes.
+fn read_side(
+    mut file: File,
+    mut tracker: Tracker,
+    tx: SyncSender<Vec<u8>>,
+    recycle: Receiver<Vec<u8>>,
+) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut sending = true;
+    let mut spare = Vec::new();
+    loop {
+        let mut buf = if sending {
+            recycle.try_recv().unwrap_or_default()
+        } else {
+            std::mem::take(&mut spare)
+        };
+        buf.resize(CHUNK, 0);
+        let mut n = 0;
+        while n < CHUNK {
+            match file.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracker.finish(false);
+                    return Err(e);
+                }
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        tracker.advance(n as u64);
+        if sending {
+            buf.truncate(n);
+            if let Err(e) = tx.send(buf) {
+                sending = false;
+                spare = e.0;
+            }
+        } else {
+            spare = buf;
+        }
+    }
+    tracker.finish(true);
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Decompressed bytes arrive in blocks of this size.
@@ -617,13 +696,34 @@ struct ChannelReader {
     recycle: SyncSender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
-    total: u64,
-    limit: u64,
-    exceeded: Rc<Cell<bool>>,
+    guard: Rc<StreamGuard>,
 }
+
+/// Limits on what the `tar` crate may read, shared between the reader it owns and the
+/// untar loop that sees the entries.
+struct StreamGuard {
+    /// Bytes handed to the `tar` crate so far.
+    delivered: Cell<u64>,
+    /// Total expansion limit ([`ImportOptions::max_total_bytes`]).
+    limit: u64,
+    /// Set when `limit` was reached.
+    exceeded: Cell<bool>,
+    /// Stream offset the `tar` crate may read up to: the end of the current entry plus
+    /// [`HEADER_SLACK`]. It bounds what the crate buffers in memory on its own (GNU long
+    /// names, PAX records, sparse maps) between two entries.
+    allowed_end: Cell<u64>,
+    /// Set when `allowed_end` was reached.
+    header_overflow: Cell<bool>,
+}
+
+/// Most bytes of headers (tar, GNU long name, PAX) between two entries.
+const HEADER_SLACK: u64 = 1 << 20;
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         if self.pos == self.cur.len() {
             let old = std::mem::take(&mut self.cur);
             if old.capacity() >= CHUNK {
@@ -631,71 +731,68 @@ impl Read for ChannelReader {
             }
             self.pos = 0;
             match self.rx.recv() {
-                Ok(b) => {
-                    self.total += b.len() as u64;
-                    if self.total > self.limit {
-                        self.exceeded.set(true);
-                        return Err(io::Error::other("expansion limit reached"));
-                    }
-                    self.cur = b;
-                }
+                Ok(b) => self.cur = b,
                 // The inflating side stopped: end of stream (or its error, reported by it).
                 Err(_) => return Ok(0),
             }
         }
-        let n = buf.len().min(self.cur.len() - self.pos);
+        // There is more data: may the crate have it?
+        let g = &*self.guard;
+        let delivered = g.delivered.get();
+        if delivered >= g.allowed_end.get() {
+            g.header_overflow.set(true);
+            return Err(io::Error::other("entry headers too large"));
+        }
+        if delivered >= g.limit {
+            g.exceeded.set(true);
+            return Err(io::Error::other("expansion limit reached"));
+        }
+        let room = g.allowed_end.get().min(g.limit) - delivered;
+        let n = buf
+            .len()
+            .min(self.cur.len() - self.pos)
+            .min(usize::try_from(room).unwrap_or(usize::MAX));
         buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
         self.pos += n;
+        g.delivered.set(delivered + n as u64);
         Ok(n)
     }
 }
 
-/// Thread A: read + hash + gunzip, hand blocks to thread B. Returns the file's digest.
-/// Stops inflating when B hangs up (tar end, or clawspec found in scan mode) and then
-/// only hashes the rest of the file.
+/// Stage 2: gunzip, hand blocks of decompressed bytes to the untar stage. Returns the
+/// decompression error, if any. Stops early when the untar stage hangs up.
 fn inflate_side(
-    file: File,
-    tracker: Tracker,
+    raw: RawReader,
     tx: SyncSender<Vec<u8>>,
     recycle: Receiver<Vec<u8>>,
-) -> io::Result<String> {
-    let reader = BufReader::with_capacity(
-        CHUNK,
-        HashingReader {
-            inner: file,
-            hasher: Sha256::new(),
-            tracker,
-        },
-    );
-    let mut dec = flate2::bufread::MultiGzDecoder::new(reader);
-    'outer: loop {
+) -> Option<io::Error> {
+    let mut dec = flate2::bufread::MultiGzDecoder::new(raw);
+    loop {
         let mut buf = recycle.try_recv().unwrap_or_default();
         buf.resize(CHUNK, 0);
         let mut n = 0;
+        let mut failure = None;
         while n < CHUNK {
             match dec.read(&mut buf[n..]) {
                 Ok(0) => break,
                 Ok(k) => n += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
         }
-        if n == 0 {
-            break 'outer;
+        if n > 0 {
+            buf.truncate(n);
+            if tx.send(buf).is_err() {
+                return None;
+            }
         }
-        buf.truncate(n);
-        if tx.send(buf).is_err() {
-            break 'outer;
-        }
-        if n < CHUNK {
-            break 'outer;
+        if failure.is_some() || n < CHUNK {
+            return failure;
         }
     }
-    drop(tx);
-    let mut hr = dec.into_inner().into_inner();
-    io::copy(&mut hr, &mut io::sink())?;
-    hr.tracker.finish(true);
-    Ok(hex::encode(hr.hasher.finalize()))
 }
 
 /// Where a normalized archive path belongs.
@@ -785,7 +882,7 @@ struct TarOut {
 struct Untar<'a> {
     bundle: &'a str,
     opts: &'a ImportOptions,
-    exceeded: Rc<Cell<bool>>,
+    guard: Rc<StreamGuard>,
     current: String,
 }
 
@@ -800,7 +897,20 @@ impl Untar<'_> {
 
     /// An error while reading the archive stream.
     fn read_error(&self, e: io::Error) -> BundleError {
-        if self.exceeded.get() {
+        if self.guard.header_overflow.get() {
+            let entry = if self.current.is_empty() {
+                "(first header)".to_string()
+            } else {
+                format!("(headers after {})", self.current)
+            };
+            BundleError::Refused {
+                bundle: self.bundle.to_string(),
+                entry,
+                reason: Refusal::HeadersTooLarge {
+                    limit: HEADER_SLACK,
+                },
+            }
+        } else if self.guard.exceeded.get() {
             BundleError::ExpansionLimit {
                 bundle: self.bundle.to_string(),
                 entry: self.current.clone(),
@@ -828,6 +938,12 @@ impl Untar<'_> {
         let entries = archive.entries().map_err(|e| self.read_error(e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| self.read_error(e))?;
+            // The crate may read this entry, its padding and the next headers, no more.
+            let end = entry
+                .raw_file_position()
+                .saturating_add(entry.size().div_ceil(512).saturating_mul(512))
+                .saturating_add(HEADER_SLACK);
+            self.guard.allowed_end.set(end);
             let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             self.current = raw.clone();
             count += 1;
@@ -838,6 +954,10 @@ impl Untar<'_> {
                         limit: self.opts.max_entries,
                     },
                 ));
+            }
+            if entry.header().entry_type() == tar::EntryType::XGlobalHeader {
+                // PAX global header (`git archive` writes one): metadata only, skipped.
+                continue;
             }
             let path = entry.path().map_err(|e| self.read_error(e))?.into_owned();
             let parts = normalize(&path).map_err(|r| self.refuse(&raw, r))?;
@@ -1066,8 +1186,10 @@ enum CopyError {
     Write(io::Error),
 }
 
-/// Run the two-thread pipeline over a tar.gz bundle. Returns the file digest and what the
-/// untar side found. In scan mode it stops untarring at `clawspec.json`.
+/// Run the pipeline over a tar.gz bundle: read + hash (the digest) → gunzip → untar
+/// (+ hash and write images and payload), three threads joined by bounded channels of
+/// 1 MiB blocks. Returns the file digest and what the untar stage found. In scan mode it
+/// stops untarring at `clawspec.json` (the digest still covers the whole file).
 fn run_pipeline(
     file: File,
     bundle: &str,
@@ -1076,43 +1198,68 @@ fn run_pipeline(
     scratch: &mut Scratch,
     tracker: Tracker,
 ) -> Result<(String, TarOut), BundleError> {
+    let (raw_tx, raw_rx) = sync_channel::<Vec<u8>>(DEPTH);
+    let (raw_recycle_tx, raw_recycle_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
     let (tx, rx) = sync_channel::<Vec<u8>>(DEPTH);
     let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
     std::thread::scope(|s| {
-        let inflater = s.spawn(move || inflate_side(file, tracker, tx, recycle_rx));
-        let exceeded = Rc::new(Cell::new(false));
+        let read_thread = s.spawn(move || read_side(file, tracker, raw_tx, raw_recycle_rx));
+        let raw = RawReader {
+            rx: raw_rx,
+            recycle: raw_recycle_tx,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        let inflate_thread = s.spawn(move || inflate_side(raw, tx, recycle_rx));
+        let guard = Rc::new(StreamGuard {
+            delivered: Cell::new(0),
+            limit: opts.max_total_bytes,
+            exceeded: Cell::new(false),
+            allowed_end: Cell::new(HEADER_SLACK),
+            header_overflow: Cell::new(false),
+        });
         let reader = ChannelReader {
             rx,
             recycle: recycle_tx,
             cur: Vec::new(),
             pos: 0,
-            total: 0,
-            limit: opts.max_total_bytes,
-            exceeded: exceeded.clone(),
+            guard: guard.clone(),
         };
         let mut untar = Untar {
             bundle,
             opts,
-            exceeded,
+            guard,
             current: String::new(),
         };
-        // `run` consumes the reader; when it returns, the channel is closed and the
-        // inflating side stops inflating and only finishes the digest.
+        // `run` consumes the reader; when it returns, its channel closes, the gunzip stage
+        // stops, and the reading stage only finishes the digest.
         let out = untar.run(reader, mode, scratch);
-        let digest = inflater
+        let inflated = inflate_thread
             .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the decompression thread panicked")));
-        match (digest, out) {
-            (Ok(d), Ok(o)) => Ok((d, o)),
-            // A refusal or limit found by the untar side is the more precise error.
-            (_, Err(e @ (BundleError::Refused { .. } | BundleError::ExpansionLimit { .. }))) => {
+            .unwrap_or_else(|_| Some(io::Error::other("the decompression thread panicked")));
+        let digest = read_thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the reading thread panicked")));
+        let scan = matches!(mode, Mode::Scan);
+        match (digest, inflated, out) {
+            (Err(e), _, _) => Err(BundleError::Io {
+                action: "cannot read",
+                path: bundle.into(),
+                source: e,
+            }),
+            (Ok(d), None, Ok(o)) => Ok((d, o)),
+            // Scanning stops at clawspec.json: damage after it is import's business (the
+            // gunzip stage may have read ahead into it).
+            (Ok(d), Some(_), Ok(o)) if scan && o.clawspec.is_some() => Ok((d, o)),
+            // A refusal or limit found by the untar stage is the more precise error.
+            (_, _, Err(e @ (BundleError::Refused { .. } | BundleError::ExpansionLimit { .. }))) => {
                 Err(e)
             }
-            (Err(e), _) => Err(BundleError::Corrupt {
+            (Ok(_), Some(e), _) => Err(BundleError::Corrupt {
                 bundle: bundle.to_string(),
                 source: e,
             }),
-            (Ok(_), Err(e)) => Err(e),
+            (Ok(_), None, Err(e)) => Err(e),
         }
     })
 }
@@ -1324,11 +1471,51 @@ fn lookup(
     })
 }
 
+/// Forget what this process cached about bundles (tests: simulate a new process).
+#[doc(hidden)]
+pub fn clear_process_cache() {
+    CACHES.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
 /// The digest of `path` from the stat cache, without reading the file.
 pub fn cached_digest(home: &Home, path: &Path) -> Option<(String, BundleKind)> {
     let canon = fs::canonicalize(path).ok()?;
     let m = fs::metadata(&canon).ok()?;
     lookup(home, &canon, &StatKey::of(&m)).map(|(d, k, _)| (d, k))
+}
+
+/// `bundles/.specs/<digest>.json`: the clawspec of an inspected, not yet imported bundle,
+/// so that a later process planning it again needs neither a re-hash nor a re-scan.
+fn pending_spec_path(home: &Home, digest: &str) -> PathBuf {
+    home.bundles_dir()
+        .join(SPECS_DIR)
+        .join(format!("{digest}.json"))
+}
+
+/// Folder of [`pending_spec_path`] files.
+const SPECS_DIR: &str = ".specs";
+
+fn remember_pending_spec(home: &Home, digest: &str, bytes: &[u8]) {
+    if !home.bundles_dir().is_dir() {
+        return;
+    }
+    let p = pending_spec_path(home, digest);
+    let r = p
+        .parent()
+        .map_or(Ok(()), fs::create_dir_all)
+        .and_then(|()| fsutil::write_atomic(&p, bytes, 0o644));
+    if let Err(e) = r {
+        tracing::warn!(path = %p.display(), error = %e, "cannot cache a clawspec");
+    }
+}
+
+fn pending_spec(home: &Home, digest: &str, kind: BundleKind) -> Option<Arc<ClawSpec>> {
+    let p = pending_spec_path(home, digest);
+    let bytes = fs::read(&p).ok()?;
+    let spec = parse_and_validate(kind, &bytes, &p.display().to_string(), CLAWSPEC_JSON).ok()?;
+    let spec = Arc::new(spec);
+    with_cache(home, |c| c.specs.insert(digest.to_string(), spec.clone()));
+    Some(spec)
 }
 
 // ---- inspect -------------------------------------------------------------------------------
@@ -1363,7 +1550,7 @@ pub fn inspect_with(
         let spec = match spec {
             Some(s) => Some(s),
             None if imported => Some(cached_spec(home, &digest)?),
-            None => None,
+            None => pending_spec(home, &digest, kind),
         };
         if let Some(clawspec) = spec {
             return Ok(BundleDesired {
@@ -1379,10 +1566,10 @@ pub fn inspect_with(
     let (mut f, _) = open_bundle(&canon)?;
     let kind = detect_kind(&mut f, &bundle)?;
     let (f, _) = open_bundle(&canon)?;
-    let (digest, spec) = match kind {
+    let (digest, spec_bytes, spec) = match kind {
         BundleKind::Json => {
-            let (_, digest, spec) = read_json_bundle(f, meta.len(), &bundle, opts)?;
-            (digest, spec)
+            let (bytes, digest, spec) = read_json_bundle(f, meta.len(), &bundle, opts)?;
+            (digest, bytes, spec)
         }
         BundleKind::TarGz => {
             let mut scratch = Scratch {
@@ -1391,17 +1578,21 @@ pub fn inspect_with(
             };
             let tracker = Progress::silent().start(&bundle, Some(meta.len()));
             let (digest, out) = run_pipeline(f, &bundle, opts, &Mode::Scan, &mut scratch, tracker)?;
-            let (_, spec) = out.clawspec.ok_or_else(|| BundleError::MissingClawspec {
+            let (bytes, spec) = out.clawspec.ok_or_else(|| BundleError::MissingClawspec {
                 bundle: bundle.clone(),
             })?;
-            (digest, spec)
+            (digest, bytes, spec)
         }
     };
     let spec = Arc::new(spec);
     remember(home, &canon, key, &digest, kind);
     with_cache(home, |c| c.specs.insert(digest.clone(), spec.clone()));
+    let imported = is_imported(home, &digest);
+    if !imported {
+        remember_pending_spec(home, &digest, &spec_bytes);
+    }
     Ok(BundleDesired {
-        imported: is_imported(home, &digest),
+        imported,
         digest,
         source: canon,
         kind,
@@ -1434,11 +1625,12 @@ pub async fn import_with(
         progress.clone(),
         opts.clone(),
     );
+    let shown = path.clone();
     tokio::task::spawn_blocking(move || import_blocking(&home, &path, &progress, &opts))
         .await
         .map_err(|e| BundleError::Io {
             action: "import worker failed for",
-            path: PathBuf::new(),
+            path: shown,
             source: io::Error::other(e.to_string()),
         })?
 }
@@ -1593,6 +1785,7 @@ pub fn import_blocking(
     let final_dir = home.bundle_dir(&digest);
     commit_dir(home, &tmp_dir, &final_dir, &digest)?;
     scratch.tmp_dir = None;
+    let _ = fs::remove_file(pending_spec_path(home, &digest));
     let spec = Arc::new(spec);
     with_cache(home, |c| c.specs.insert(digest.clone(), spec.clone()));
     Ok(ImportedBundle {
@@ -1906,6 +2099,16 @@ pub fn gc(home: &Home, referenced: &BTreeSet<String>, dry_run: bool) -> GcReport
     }
 
     let mut temps = stale_temps(home);
+    // Cached clawspecs of bundles that are imported (redundant) or that no instance uses.
+    if let Ok(rd) = fs::read_dir(home.bundles_dir().join(SPECS_DIR)) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let digest = name.strip_suffix(".json").unwrap_or(&name);
+            if !referenced.contains(digest) || is_imported(home, digest) {
+                temps.push(e.path());
+            }
+        }
+    }
     let store = BlobStore::new(home);
     let mut held = Vec::new();
     if let Ok(rd) = fs::read_dir(store.tmp_dir()) {

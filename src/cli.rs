@@ -6,6 +6,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
@@ -140,6 +141,10 @@ pub enum Command {
         /// CLAWID, name, or unique CLAWID prefix.
         id: String,
     },
+    /// Write a new clawspec (and optionally a manifest using it): a terminal wizard, or
+    /// flags with --non-interactive.
+    #[command(after_long_help = crate::wizard::EXAMPLES)]
+    New(Box<crate::wizard::NewArgs>),
     /// Print the JSON Schema of the manifest format (for editors).
     Schema,
     /// Print shell completions.
@@ -177,6 +182,27 @@ pub enum Command {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t)]
         output: Output,
+    },
+    /// Import a bundle into the store without running it (idempotent).
+    Import {
+        /// The `.clawbox` bundle (tar.gz, or a plain JSON clawspec).
+        bundle: PathBuf,
+    },
+    /// List stored bundles and blobs, with sizes and the instances that use them.
+    Images {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Remove bundles and blobs that no instance uses (and leftovers of interrupted
+    /// imports and downloads).
+    Gc {
+        /// Only show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for a running apply/watch (default: forever).
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        lock_timeout: Option<Duration>,
     },
     /// Show the event log.
     Events {
@@ -305,23 +331,42 @@ fn param_env_lookup(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// Whether [`load_desired`] may prompt (on a terminal). Off for `validate` (it reports what
+/// is missing) and `watch` (a long-running loop must never wait on a person).
+static PROMPTS: AtomicBool = AtomicBool::new(true);
+
 /// Load the desired state of `files` (all errors collected, never the first only).
+///
+/// On a terminal ([`interactive`]), params that nothing resolves are asked for
+/// ([`crate::prompt::TtyPrompter`]); Ctrl-C at a prompt is an error, before anything changes.
 pub async fn load_desired(home: &Home, files: &[PathBuf]) -> anyhow::Result<Desired> {
     let key = home
         .secret_key()
         .context("cannot read the param digest key")?;
+    let tty = crate::prompt::TtyPrompter::new();
     let penv = ParamEnv {
         key: &key,
         env: &param_env_lookup,
-        prompter: None,
+        prompter: (PROMPTS.load(Ordering::Relaxed) && interactive())
+            .then_some(&tty as &dyn desired::Prompter),
         command_line: false,
     };
-    Ok(desired::load(home, files, &StoreResolver, &penv).await)
+    let d = desired::load(home, files, &StoreResolver, &penv).await;
+    if let Some(at) = tty.interrupted() {
+        bail!("interrupted at the prompt for {at}; nothing was changed");
+    }
+    Ok(d)
 }
 
 /// Run one parsed command; returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let home = Home::resolve(cli.home.as_deref()).context("cannot find the runtime root")?;
+    if matches!(
+        cli.command,
+        Command::Validate { .. } | Command::Watch { .. }
+    ) {
+        PROMPTS.store(false, Ordering::Relaxed);
+    }
     if let Some(a) = cli.accel {
         let _ = ACCEL_FLAG.set(a);
     }
@@ -338,6 +383,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Stop { id } => stop(&home, &id),
         Command::Start { id, no_wait } => start(&home, &id, !no_wait),
         Command::Rm { force, purge, id } => rm(&home, &id, force, purge),
+        Command::New(args) => crate::wizard::run(&args),
         Command::Schema => {
             println!(
                 "{}",
@@ -381,6 +427,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             run_cmd(&home, &req, !no_wait, output)
         }
+        Command::Import { bundle } => import_cmd(&home, &bundle),
+        Command::Images { output } => images(&home, output),
+        Command::Gc {
+            dry_run,
+            lock_timeout,
+        } => gc(&home, dry_run, lock_timeout),
         Command::Events { follow, name } => events(&home, name.as_deref(), follow),
         Command::Watch {
             dir,
@@ -900,7 +952,7 @@ fn events(home: &Home, name: Option<&str>, follow: bool) -> anyhow::Result<u8> {
         {
             println!(
                 "{}  {:<20} {:<12} {:<9} {}",
-                humantime::format_rfc3339_seconds(e.time),
+                humantime::format_rfc3339_millis(e.time),
                 e.instance,
                 e.action,
                 e.result,
@@ -1224,10 +1276,11 @@ fn run_cmd(
     let key = home
         .secret_key()
         .context("cannot read the param digest key")?;
+    let tty = crate::prompt::TtyPrompter::new();
     let penv = ParamEnv {
         key: &key,
         env: &param_env_lookup,
-        prompter: None,
+        prompter: interactive().then_some(&tty as &dyn desired::Prompter),
         command_line: true,
     };
     let inst = rt.block_on(crate::run::desired_instance(
@@ -1235,7 +1288,11 @@ fn run_cmd(
         req,
         &StoreResolver,
         &penv,
-    ))?;
+    ));
+    if let Some(at) = tty.interrupted() {
+        bail!("interrupted at the prompt for {at}; nothing was changed");
+    }
+    let inst = inst?;
     let (actual, record_errors) = crate::observe::observe(home, &*driver);
     let mut d = Desired {
         instances: vec![inst.clone()],
@@ -1284,4 +1341,139 @@ fn run_cmd(
         }
     }
     Ok(if ok { 0 } else { 1 })
+}
+
+fn import_cmd(home: &Home, path: &std::path::Path) -> anyhow::Result<u8> {
+    home.ensure()
+        .with_context(|| format!("cannot create {}", home.root().display()))?;
+    let b = runtime()?.block_on(crate::bundle::import(
+        home,
+        path,
+        &crate::progress::Progress::stderr(),
+    ))?;
+    println!(
+        "{} {} ({})",
+        b.digest,
+        b.clawspec.name,
+        if b.fresh {
+            "imported"
+        } else {
+            "already imported"
+        }
+    );
+    Ok(0)
+}
+
+fn human_size(n: u64) -> String {
+    let mut v = n as f64;
+    for unit in ["B", "KiB", "MiB", "GiB", "TiB"] {
+        if v < 1024.0 || unit == "TiB" {
+            return if unit == "B" {
+                format!("{n} B")
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+        v /= 1024.0;
+    }
+    unreachable!()
+}
+
+fn images(home: &Home, output: Output) -> anyhow::Result<u8> {
+    let items = crate::bundle::list(home);
+    let (records, _) = Record::read_all(home);
+    // Which instances use each bundle, and through their bundles, each blob.
+    let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for r in &records {
+        users
+            .entry(r.build.bundle.clone())
+            .or_default()
+            .push(r.clawid.clone());
+    }
+    for it in &items {
+        if it.kind == crate::bundle::StoredKind::Bundle {
+            let ids = users.get(&it.digest).cloned().unwrap_or_default();
+            for b in &it.blobs {
+                users
+                    .entry(b.clone())
+                    .or_default()
+                    .extend(ids.iter().cloned());
+            }
+        }
+    }
+    for v in users.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    match output {
+        Output::Json => {
+            let rows: Vec<serde_json::Value> = items
+                .iter()
+                .map(|it| {
+                    let mut v = serde_json::to_value(it).expect("items serialize");
+                    v["used_by"] =
+                        serde_json::json!(users.get(&it.digest).cloned().unwrap_or_default());
+                    v
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        Output::Text => {
+            let mut t = vec![["KIND", "DIGEST", "NAME", "SIZE", "USED BY"].map(String::from)];
+            for it in &items {
+                let used = users.get(&it.digest).cloned().unwrap_or_default();
+                t.push([
+                    format!("{:?}", it.kind).to_lowercase(),
+                    crate::plan::short(&it.digest).to_string(),
+                    it.name.clone().unwrap_or_else(|| "-".into()),
+                    human_size(it.size),
+                    if used.is_empty() {
+                        "-".into()
+                    } else {
+                        used.join(",")
+                    },
+                ]);
+            }
+            print_table(&t);
+        }
+    }
+    Ok(0)
+}
+
+fn gc(home: &Home, dry_run: bool, lock_timeout: Option<Duration>) -> anyhow::Result<u8> {
+    home.ensure()
+        .with_context(|| format!("cannot create {}", home.root().display()))?;
+    // Under the apply lock: no apply can be importing or planning on what we remove.
+    let _lock = apply_lock(home, lock_timeout)?;
+    let (records, errors) = Record::read_all(home);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: {}", error_chain(e));
+        }
+        bail!("refusing to collect garbage while some records cannot be read");
+    }
+    let referenced = records.iter().map(|r| r.build.bundle.clone()).collect();
+    let rep = crate::bundle::gc(home, &referenced, dry_run);
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for it in &rep.removed {
+        println!(
+            "{verb} {} {} ({})",
+            format!("{:?}", it.kind).to_lowercase(),
+            it.digest,
+            human_size(it.size)
+        );
+    }
+    for p in &rep.temp {
+        println!("{verb} leftover {}", p.display());
+    }
+    for f in &rep.failures {
+        eprintln!("error: {f:?}");
+    }
+    println!(
+        "{} {}, kept {} item(s)",
+        verb,
+        human_size(rep.freed_bytes),
+        rep.kept.len()
+    );
+    Ok(if rep.failures.is_empty() { 0 } else { 1 })
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// When.
-    #[serde(with = "crate::record::rfc3339")]
+    #[serde(with = "crate::record::rfc3339::millis")]
     pub time: SystemTime,
     /// CLAWID, or `-` for shared work.
     pub instance: String,

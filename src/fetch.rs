@@ -1,8 +1,8 @@
 //! Producing blobs from sources: resumable HTTP downloads and `file://` copies.
 //!
 //! Both hash in the same pass as they write `blobs/.tmp/<sha256>.part`, and both end in
-//! [`crate::blob::publish_verified`] (verify, check the disk header, fsync, `0444`, rename).
-//! Callers hold the blob's lock (see [`crate::blob::BlobStore::fetch_source`]).
+//! `blob::publish_verified` (verify, check the disk header, fsync, `0444`, rename).
+//! Callers hold the blob's lock (see `BlobStore::fetch_source`).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -67,9 +67,10 @@ async fn attempt(
         path: part_path.to_path_buf(),
         source,
     };
-    let http_err = |source| BlobError::Http {
+    // The URL is in our message; keep it out of the source's.
+    let http_err = |source: reqwest::Error| BlobError::Http {
         url: url.to_string(),
-        source,
+        source: source.without_url(),
     };
     // At most two requests: a ranged one, then (if its answer is unusable) a plain one.
     let mut resp = None;

@@ -858,6 +858,28 @@ mod fast {
         }
 
         /// A flow node at `*j` (inside a flow collection or starting one).
+        /// After an item of a flow collection: `,` followed by another item (`Some(false)`),
+        /// or the closing bracket `close` (`Some(true)`); `None` leaves it to the full parser.
+        fn flow_next(&self, line: &Line, j: &mut usize, close: u8) -> Option<bool> {
+            self.skip_spaces(line, j);
+            match self.byte(*j, line)? {
+                b',' => {
+                    *j += 1;
+                    self.skip_spaces(line, j);
+                    let next = self.byte(*j, line)?;
+                    if next == close || next == b',' {
+                        return None;
+                    }
+                    Some(false)
+                }
+                b if b == close => {
+                    *j += 1;
+                    Some(true)
+                }
+                _ => None,
+            }
+        }
+
         fn flow(&self, line: &Line, j: &mut usize, depth: usize) -> Option<Node<'a>> {
             if depth >= MAX_DEPTH {
                 return None;
@@ -875,20 +897,8 @@ mod fast {
                             break;
                         }
                         items.push(self.flow(line, j, depth + 1)?);
-                        self.skip_spaces(line, j);
-                        match self.byte(*j, line)? {
-                            b',' => {
-                                *j += 1;
-                                self.skip_spaces(line, j);
-                                if matches!(self.byte(*j, line)?, b']' | b',') {
-                                    return None;
-                                }
-                            }
-                            b']' => {
-                                *j += 1;
-                                break;
-                            }
-                            _ => return None,
+                        if self.flow_next(line, j, b']')? {
+                            break;
                         }
                     }
                     Some(Node {
@@ -924,20 +934,8 @@ mod fast {
                         }
                         let value = self.flow(line, j, depth + 1)?;
                         entries.push((key, value));
-                        self.skip_spaces(line, j);
-                        match self.byte(*j, line)? {
-                            b',' => {
-                                *j += 1;
-                                self.skip_spaces(line, j);
-                                if matches!(self.byte(*j, line)?, b'}' | b',') {
-                                    return None;
-                                }
-                            }
-                            b'}' => {
-                                *j += 1;
-                                break;
-                            }
-                            _ => return None,
+                        if self.flow_next(line, j, b'}')? {
+                            break;
                         }
                     }
                     Some(Node {

@@ -303,6 +303,7 @@ struct LineTask {
     started: Instant,
     last_at: Instant,
     last_decile: u64,
+    announced: bool,
 }
 
 /// A line at least this often when there is progress.
@@ -331,6 +332,19 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 impl LineTask {
+    /// The "started" line waits for the first news, so that it can carry the size
+    /// (a download learns it from the response headers).
+    fn announce(&mut self) {
+        if self.announced {
+            return;
+        }
+        self.announced = true;
+        match self.total {
+            Some(n) => stderr_line(&format!("{}: started ({})", self.label, human_bytes(n))),
+            None => stderr_line(&format!("{}: started", self.label)),
+        }
+    }
+
     fn line(&self, what: &str) -> String {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         let rate = human_bytes((self.pos as f64 / secs) as u64);
@@ -354,17 +368,17 @@ impl LineTask {
 impl ProgressSink for LineSink {
     fn start(&self, label: &str, total: Option<u64>) -> Box<dyn ProgressTask> {
         let now = Instant::now();
-        let t = LineTask {
+        let mut t = LineTask {
             label: label.to_string(),
             total,
             pos: 0,
             started: now,
             last_at: now,
             last_decile: 0,
+            announced: false,
         };
-        match total {
-            Some(n) => stderr_line(&format!("{label}: started ({})", human_bytes(n))),
-            None => stderr_line(&format!("{label}: started")),
+        if total.is_some() {
+            t.announce();
         }
         Box::new(t)
     }
@@ -373,6 +387,7 @@ impl ProgressSink for LineSink {
 impl ProgressTask for LineTask {
     fn set_position(&mut self, pos: u64) {
         let t = self;
+        t.announce();
         t.pos = pos;
         let decile = match t.total {
             Some(total) if total > 0 => pos.saturating_mul(10) / total,
@@ -387,9 +402,11 @@ impl ProgressTask for LineTask {
     }
     fn set_total(&mut self, total: Option<u64>) {
         self.total = total;
+        self.announce();
     }
     fn finish(&mut self, ok: bool) {
         let t = self;
+        t.announce();
         let secs = t.started.elapsed().as_secs_f64();
         if ok {
             stderr_line(&format!(

@@ -308,6 +308,21 @@ pub mod rfc3339 {
         humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)
     }
 
+    /// RFC 3339 with milliseconds (event log timestamps).
+    pub mod millis {
+        use serde::{Deserializer, Serializer};
+        use std::time::SystemTime;
+
+        /// Serialize.
+        pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+        }
+        /// Deserialize (any RFC 3339 precision).
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+            super::deserialize(d)
+        }
+    }
+
     /// The same for `Option<SystemTime>`.
     pub mod option {
         use serde::{Deserialize, Deserializer, Serializer};

@@ -24,7 +24,20 @@ impl BundleResolver for StoreResolver {
                 )
             }
             ClawboxRef::Url { url, sha256 } => {
-                anyhow::bail!("remote bundles are not supported yet ({url}, {sha256})")
+                // Remote bundles are downloaded (verified, resumable) into the blob store
+                // before planning, then identified like a local file.
+                let blob = crate::bundle::fetch_url_bundle(
+                    home,
+                    url,
+                    sha256,
+                    &crate::progress::Progress::stderr(),
+                )
+                .await?;
+                let home = home.clone();
+                Ok(
+                    tokio::task::spawn_blocking(move || crate::bundle::inspect(&home, &blob))
+                        .await??,
+                )
             }
         }
     }

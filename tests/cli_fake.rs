@@ -483,3 +483,75 @@ fn run_without_required_param_fails_before_any_vm_listing_how() {
     assert_eq!(code(&o), 1);
     assert!(text(&o).contains("--name"), "{}", text(&o));
 }
+
+#[test]
+fn import_images_gc_with_a_tar_bundle() {
+    let e = env();
+    let root = e.dir.parent().unwrap().to_path_buf();
+    // A tar.gz bundle built with the real tar and gzip: clawspec.json + claw/ payload.
+    let src = root.join("src");
+    std::fs::create_dir_all(src.join("claw")).unwrap();
+    std::fs::write(src.join("clawspec.json"), clawspec_json()).unwrap();
+    std::fs::write(src.join("claw/hello.txt"), "hi").unwrap();
+    let bx = root.join("tar.clawbox");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C {} -cf - clawspec.json claw | gzip -n > {}",
+            src.display(),
+            bx.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = e.run(&["import", bx.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("demo (imported)"), "{out}");
+    let digest = out.split_whitespace().next().unwrap().to_string();
+    let o = e.run(&["import", bx.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("already imported"),
+        "{}",
+        text(&o)
+    );
+    // An instance of it; images says who uses it.
+    std::fs::write(
+        e.dir.join("alpha.yaml"),
+        manifest("alpha", "").replace("../demo.clawbox", "../tar.clawbox"),
+    )
+    .unwrap();
+    assert_eq!(code(&e.run(&["apply", "-f", e.dir()])), 0);
+    let im = e.run(&["images", "-o", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&im.stdout).unwrap();
+    let tar_row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "bundle" && r["digest"] == digest.as_str())
+        .unwrap_or_else(|| panic!("{rows:#}"));
+    let used: Vec<&str> = tar_row["used_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(used.len(), 1);
+    assert!(used[0].starts_with("alpha-"), "{used:?}");
+    // gc keeps what is used…
+    let g = e.run(&["gc"]);
+    assert_eq!(code(&g), 0, "{}", text(&g));
+    assert!(e.home.join("bundles").join(&digest).exists());
+    // …and removes it once the instance is gone (dry run first changes nothing).
+    assert_eq!(code(&e.run(&["rm", "-f", "alpha"])), 0);
+    let g = e.run(&["gc", "--dry-run"]);
+    assert!(
+        text(&g).contains(&format!("would remove bundle {digest}")),
+        "{}",
+        text(&g)
+    );
+    assert!(e.home.join("bundles").join(&digest).exists());
+    let g = e.run(&["gc"]);
+    assert_eq!(code(&g), 0, "{}", text(&g));
+    assert!(!e.home.join("bundles").join(&digest).exists());
+}

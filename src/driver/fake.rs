@@ -149,6 +149,14 @@ impl Driver for FakeDriver {
 
     async fn import_bundle(&self, bundle: &BundleDesired) -> Result<(), DriverError> {
         self.enter("import-bundle", &bundle.digest).await?;
+        if bundle.source.is_file() {
+            // A real bundle file: import it for real (store effects are cheap and safe;
+            // only VMs are faked).
+            crate::bundle::import_desired(&self.home, bundle, &crate::progress::Progress::silent())
+                .await?;
+            return Ok(());
+        }
+        // A synthetic bundle of a unit test: leave the same completion marker.
         let dir = self.home.bundle_dir(&bundle.digest);
         std::fs::create_dir_all(&dir)?;
         write_atomic(
@@ -156,6 +164,7 @@ impl Driver for FakeDriver {
             serde_json::to_string(&*bundle.clawspec)?.as_bytes(),
             0o644,
         )?;
+        write_atomic(&dir.join("bundle.json"), b"{\"fake\": true}", 0o644)?;
         Ok(())
     }
 

@@ -1,0 +1,9 @@
+#!/bin/bash
+# Demo install step: runs once per instance, as root, with the params in the environment.
+set -euo pipefail
+mkdir -p /srv/gateway
+cp -r /opt/claw/www/. /srv/gateway/
+# Record what the gateway serves; the model name is a non-secret param.
+printf 'model=%s\n' "${MODEL:-unset}" > /srv/gateway/model.txt
+echo "install: $(date -u +%FT%TZ)" >> /var/lib/clawfarm-demo.order 2>/dev/null || {
+  mkdir -p /var/lib && echo "install: $(date -u +%FT%TZ)" >> /var/lib/clawfarm-demo.order; }
