@@ -76,8 +76,12 @@ impl Env {
     }
 }
 
+/// True when `pid` is a live process (a zombie waiting to be reaped by PID 1 is not).
 fn pid_alive(pid: i32) -> bool {
-    unsafe { libc::kill(pid, 0) == 0 }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().to_string()))
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
 }
 
 struct KillOnDrop(Option<Child>);
