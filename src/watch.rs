@@ -495,30 +495,38 @@ pub async fn run<R: PassRunner>(
             }
         }
         exit_watchers(home, &*driver, &exit_tx, &mut watching);
-        if refresh_phases(home, &*driver, &events) {
-            // Look again soon while a guest is booting, to record when it becomes ready.
-            let soon = Instant::now() + Duration::from_secs(2).min(cfg.resync);
-            requeue = Some(requeue.map_or(soon, |t| t.min(soon)));
-        }
 
-        let requeue_sleep = async {
-            match requeue {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
+        // Wait for the next trigger. While a guest boots, its record is refreshed from its
+        // own reports every 2 s (cheap: records only, no pass over the manifests).
+        trigger = loop {
+            let booting = refresh_phases(home, &*driver, &events);
+            let refresh_sleep = async {
+                if booting {
+                    tokio::time::sleep(Duration::from_secs(2).min(cfg.resync)).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            let requeue_sleep = async {
+                match requeue {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break Trigger::Shutdown,
+                f = files.next() => match f {
+                    Some(()) => break Trigger::Files,
+                    None => break Trigger::Shutdown,
+                },
+                _ = tokio::time::sleep_until(next_resync) => break Trigger::Resync,
+                Some(id) = exit_rx.recv() => {
+                    events.emit(Event::new(&id, "exited", "observed", "QEMU process exited".into()));
+                    break Trigger::VmExit(id);
+                }
+                _ = requeue_sleep => break Trigger::Requeue,
+                _ = refresh_sleep => continue,
             }
-        };
-        trigger = tokio::select! {
-            _ = &mut shutdown => Trigger::Shutdown,
-            f = files.next() => match f {
-                Some(()) => Trigger::Files,
-                None => Trigger::Shutdown,
-            },
-            _ = tokio::time::sleep_until(next_resync) => Trigger::Resync,
-            Some(id) = exit_rx.recv() => {
-                events.emit(Event::new(&id, "exited", "observed", "QEMU process exited".into()));
-                Trigger::VmExit(id)
-            }
-            _ = requeue_sleep => Trigger::Requeue,
         };
         if trigger == Trigger::Shutdown {
             break;

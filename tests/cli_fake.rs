@@ -555,3 +555,34 @@ fn import_images_gc_with_a_tar_bundle() {
     assert_eq!(code(&g), 0, "{}", text(&g));
     assert!(!e.home.join("bundles").join(&digest).exists());
 }
+
+#[test]
+fn second_watch_on_the_same_home_refuses_naming_the_first() {
+    let e = env();
+    let first = e
+        .cmd(&["watch", e.dir(), "--resync", "1s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first watch has done its initial pass (it holds the lock by then).
+    let t = std::time::Instant::now();
+    while e.claws().len() < 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "first watch made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = e.run(&["watch", e.dir()]);
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0);
+    assert_eq!(code(&second), 1);
+    let t = text(&second);
+    assert!(
+        t.contains("another clawfarm apply or watch is running"),
+        "{t}"
+    );
+    assert!(t.contains("clawfarm watch"), "names the holder: {t}");
+}
