@@ -95,7 +95,6 @@ pub struct DesiredInstance {
 }
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
 
 use crate::clawspec::Param;
 use crate::digest::{keyed_digest, sha256_hex};
@@ -439,11 +438,6 @@ pub fn check_ports(desired: &mut Desired, actual: &[Observed]) {
     }
     desired.diagnostics.extend(diags);
     desired.diagnostics.sort();
-}
-
-/// True when `p` looks like a path the bundle module should inspect.
-pub fn is_local(p: &Path) -> bool {
-    p.is_absolute()
 }
 
 /// The port whose answer is part of readiness and that `ps` shows as GATEWAY: the one

@@ -61,10 +61,10 @@ impl Env {
         let t = Instant::now();
         loop {
             let ps = self.ps();
-            if let Some(r) = ps.as_array().and_then(|a| a.first()) {
-                if r["status"] == status {
-                    return r.clone();
-                }
+            if let Some(r) = ps.as_array().and_then(|a| a.first())
+                && r["status"] == status
+            {
+                return r.clone();
             }
             assert!(
                 t.elapsed() < limit,
