@@ -117,7 +117,18 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
-        let id = identify(pid, marker).expect("the child is identified");
+        // Between fork and exec the child's command line is still ours: wait for the exec.
+        let t = std::time::Instant::now();
+        let id = loop {
+            if let Some(id) = identify(pid, marker) {
+                break id;
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(5),
+                "the child is identified"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         assert!(is_alive(&id, marker));
         // The same pid with another start time: the pid was reused by another process.
         let reused = ProcessId {
