@@ -5,5 +5,5 @@ mkdir -p /srv/gateway
 cp -r /opt/claw/www/. /srv/gateway/
 # Record what the gateway serves; the model name is a non-secret param.
 printf 'model=%s\n' "${MODEL:-unset}" > /srv/gateway/model.txt
-echo "install: $(date -u +%FT%TZ)" >> /var/lib/clawfarm-demo.order 2>/dev/null || {
-  mkdir -p /var/lib && echo "install: $(date -u +%FT%TZ)" >> /var/lib/clawfarm-demo.order; }
+# Phases append here, so the order install -> start -> provision can be checked over ssh.
+echo "install: $(date -u +%FT%TZ)" >> /var/lib/clawfarm-demo.order
