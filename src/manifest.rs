@@ -1298,52 +1298,44 @@ fn parse_file(file: &Path, text: &str) -> FileParse {
     out
 }
 
+/// A required top-level field that must hold exactly `want` (`apiVersion`, `kind`).
+fn expect_const(
+    ctx: &mut Ctx<'_>,
+    top: &Fields<'_, '_>,
+    doc: &Node<'_>,
+    field: &str,
+    want: &str,
+) -> bool {
+    match top.get(field) {
+        None => {
+            ctx.missing(doc.pos, "", field);
+            false
+        }
+        Some((_, v)) => match ctx.string(v, field) {
+            Some(got) if got == want => true,
+            Some(other) => {
+                ctx.err(
+                    v.pos,
+                    format!(
+                        "{field}: unsupported {field} \"{}\" (expected \"{want}\")",
+                        clip(other)
+                    ),
+                );
+                false
+            }
+            None => false,
+        },
+    }
+}
+
 fn validate_doc(ctx: &mut Ctx<'_>, doc: &Node<'_>) -> (Option<Claw>, Option<Declared>) {
     let Some(top) = ctx.fields(doc, "", TOP_FIELDS) else {
         return (None, None);
     };
     let mut ok = true;
     // apiVersion and kind first: a document of another kind is not checked further.
-    match top.get("apiVersion") {
-        None => {
-            ctx.missing(doc.pos, "", "apiVersion");
-            ok = false;
-        }
-        Some((_, v)) => match ctx.string(v, "apiVersion") {
-            Some(API_VERSION) => {}
-            Some(other) => {
-                ctx.err(
-                    v.pos,
-                    format!(
-                        "apiVersion: unsupported apiVersion \"{}\" (expected \"{API_VERSION}\")",
-                        clip(other)
-                    ),
-                );
-                ok = false;
-            }
-            None => ok = false,
-        },
-    }
-    match top.get("kind") {
-        None => {
-            ctx.missing(doc.pos, "", "kind");
-            ok = false;
-        }
-        Some((_, v)) => match ctx.string(v, "kind") {
-            Some(KIND) => {}
-            Some(other) => {
-                ctx.err(
-                    v.pos,
-                    format!(
-                        "kind: unsupported kind \"{}\" (expected \"{KIND}\")",
-                        clip(other)
-                    ),
-                );
-                ok = false;
-            }
-            None => ok = false,
-        },
-    }
+    ok &= expect_const(ctx, &top, doc, "apiVersion", API_VERSION);
+    ok &= expect_const(ctx, &top, doc, "kind", KIND);
     if !ok {
         return (None, None);
     }
