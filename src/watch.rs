@@ -448,9 +448,11 @@ pub async fn run<R: PassRunner>(
                 tracing::warn!("{dg}");
                 events.emit(Event::new("-", "validate", "failed", dg.to_string()));
             }
-            let (actual, _) = crate::observe::observe(home, &*driver);
-            crate::desired::check_ports(&mut desired, &actual);
+            // The backoff gate writes records, so the one observation this pass plans from
+            // is taken after it.
             let earliest = backoff_gate(home, &*driver, &mut desired, cfg, &events, &mut stats);
+            let (actual, record_errors) = crate::observe::observe(home, &*driver);
+            crate::desired::check_ports(&mut desired, &actual);
             let opts = PassOptions {
                 plan: PlanOptions {
                     // Never prune from a pass that could not read all of its input (the
@@ -465,10 +467,12 @@ pub async fn run<R: PassRunner>(
                     lock_timeout: Some(Duration::from_secs(30)),
                 },
             };
-            let out = engine::reconcile(
+            let out = engine::reconcile_observed(
                 home,
                 driver.clone(),
                 &desired.instances,
+                actual,
+                record_errors,
                 Origin::Manifest,
                 events.clone(),
                 &opts,
