@@ -5,19 +5,19 @@
 
 use std::sync::Arc;
 
-use clawfarm::clawspec::{Bootstrap, ClawSpec, Image, Params};
 use clawfarm::desired::{
     BuildSpec, BundleDesired, BundleKind, DesiredInstance, Resources, clawid_for,
 };
 use clawfarm::driver::Driver;
 use clawfarm::driver::fake::FakeDriver;
-use clawfarm::engine::plan_pass;
-use clawfarm::events::EventSink;
-use clawfarm::exec::{ExecContext, ExecOptions, execute};
 use clawfarm::home::Home;
-use clawfarm::manifest::{DesiredState, SourceLoc};
+use clawfarm::input::clawspec::{Bootstrap, ClawSpec, Image, Params};
+use clawfarm::input::manifest::{DesiredState, SourceLoc};
 use clawfarm::plan::{PlanOptions, plan};
-use clawfarm::record::Origin;
+use clawfarm::reconcile::exec::{ExecContext, ExecOptions, execute};
+use clawfarm::reconcile::pass::plan_pass;
+use clawfarm::state::events::EventSink;
+use clawfarm::state::record::Origin;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn desired(n: usize) -> Vec<Arc<DesiredInstance>> {

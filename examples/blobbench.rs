@@ -66,14 +66,16 @@ fn main() -> ExitCode {
             .map_err(|e| format!("bad size: {e}"))
             .and_then(|m| generate(Path::new(file), m).map_err(|e| e.to_string()))
             .map(|()| "ok".into()),
-        ["verify", file] => clawfarm::blob::hash_file(Path::new(file)).map_err(|e| e.to_string()),
+        ["verify", file] => {
+            clawfarm::store::blob::hash_file(Path::new(file)).map_err(|e| e.to_string())
+        }
         ["import", bx, home] => {
             let home = clawfarm::home::Home::new(home);
-            clawfarm::bundle::import_blocking(
+            clawfarm::store::bundle::import_blocking(
                 &home,
                 Path::new(bx),
-                &clawfarm::progress::Progress::silent(),
-                &clawfarm::bundle::ImportOptions::default(),
+                &clawfarm::store::progress::Progress::silent(),
+                &clawfarm::store::bundle::ImportOptions::default(),
             )
             .map(|b| b.digest)
             .map_err(|e| {

@@ -5,19 +5,19 @@
 //!                 [--provision NAME=FILE]... [--param KEY=VALUE]...
 //!                 [--payload-tag TAG] [--volume TAG:/guest/path]...
 //!     Generates the login key (DIR/id_ed25519{,.pub}) and the guest host key
-//!     (DIR/host_ed25519.pub), writes DIR/seed.img with clawfarm::seed::write_seed and
+//!     (DIR/host_ed25519.pub), writes DIR/seed.img with clawfarm::driver::qemu::seed::write_seed and
 //!     DIR/instance-id. Prints the seed path.
 //! guest_tool status FILE NONCE
-//!     Parses a status log (or serial log) with clawfarm::guest::read_status and prints one
+//!     Parses a status log (or serial log) with clawfarm::driver::qemu::guest::read_status and prints one
 //!     JSON object: {"booted", "done", "failed": {"phase","code","tail"}|null, "last", "summary"}.
 //! guest_tool nonce
 //!     Prints a fresh boot nonce.
 //! ```
 
 use clap::{Parser, Subcommand};
-use clawfarm::secret::Secret;
-use clawfarm::seed::{ProvisionStep, SeedInput};
-use clawfarm::{guest, seed, sshkeys};
+use clawfarm::driver::qemu::seed::{ProvisionStep, SeedInput};
+use clawfarm::driver::qemu::{guest, seed, sshkeys};
+use clawfarm::util::secret::Secret;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -94,7 +94,7 @@ fn run() -> anyhow::Result<()> {
             std::fs::create_dir_all(&out)?;
             let login = sshkeys::generate("clawfarm-bare")?;
             let host = sshkeys::generate(&format!("root@{hostname}"))?;
-            clawfarm::fsutil::write_atomic(
+            clawfarm::util::fsutil::write_atomic(
                 &out.join("id_ed25519"),
                 login.private_openssh.as_bytes(),
                 0o600,

@@ -16,7 +16,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil;
+use crate::util::fsutil;
 
 /// Environment variable that overrides the runtime root.
 pub const HOME_ENV: &str = "CLAWFARM_HOME";

@@ -11,34 +11,15 @@
 //!
 //! The `clawfarm` binary ([`cli`]) is a thin layer of verbs over these modules.
 
-pub mod blob;
-pub mod bundle;
-pub mod catalog;
-pub mod clawspec;
 pub mod cli;
 pub mod desired;
-pub mod digest;
 pub mod driver;
-pub mod engine;
-pub mod events;
-pub mod exec;
-pub mod fetch;
-pub mod fsutil;
-pub mod guest;
 pub mod home;
-pub mod lock;
-pub mod manifest;
+pub mod input;
 pub mod observe;
-pub mod par;
 pub mod plan;
-pub mod progress;
-pub mod prompt;
-pub mod qmp;
-pub mod record;
-pub mod resolve;
-pub mod run;
-pub mod secret;
-pub mod seed;
-pub mod sshkeys;
-pub mod watch;
-pub mod wizard;
+pub mod reconcile;
+pub mod state;
+pub mod store;
+pub mod tui;
+pub mod util;

@@ -12,10 +12,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use blobkit::*;
-use clawfarm::blob::BlobStore;
-use clawfarm::clawspec::Image;
 use clawfarm::home::Home;
-use clawfarm::progress::Progress;
+use clawfarm::input::clawspec::Image;
+use clawfarm::store::blob::BlobStore;
+use clawfarm::store::progress::Progress;
 use httpd::{Behavior, Server};
 
 fn slow() -> Behavior {

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blobkit::*;
-use clawfarm::blob::{BlobError, BlobStore, FetchOptions};
-use clawfarm::clawspec::Image;
-use clawfarm::progress::{Progress, ProgressEvent};
+use clawfarm::input::clawspec::Image;
+use clawfarm::store::blob::{BlobError, BlobStore, FetchOptions};
+use clawfarm::store::progress::{Progress, ProgressEvent};
 use httpd::{Behavior, Server};
 
 fn fast_opts(retries: u32) -> FetchOptions {
@@ -389,8 +389,8 @@ async fn qcow2_with_backing_file_is_refused() {
         .await
         .unwrap();
     assert_eq!(
-        clawfarm::blob::disk_format(&store.path(&sum)).unwrap(),
-        clawfarm::blob::DiskFormat::Qcow2
+        clawfarm::store::blob::disk_format(&store.path(&sum)).unwrap(),
+        clawfarm::store::blob::DiskFormat::Qcow2
     );
 }
 
@@ -476,7 +476,7 @@ fn headers_written_by_real_qemu_img() {
         eprintln!("qemu-img not found; skipped");
         return;
     }
-    use clawfarm::blob::{DiskFormat, DiskProblem, check_disk_header, disk_format};
+    use clawfarm::store::blob::{DiskFormat, DiskProblem, check_disk_header, disk_format};
     let d = tempfile::tempdir().unwrap();
     let base = d.path().join("base.qcow2");
     let top = d.path().join("top.qcow2");

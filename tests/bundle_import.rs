@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use blobkit::*;
-use clawfarm::bundle::{self, BundleError, StoredKind};
 use clawfarm::desired::BundleKind;
 use clawfarm::home::Home;
-use clawfarm::progress::Progress;
+use clawfarm::store::bundle::{self, BundleError, StoredKind};
+use clawfarm::store::progress::Progress;
 use httpd::{Behavior, Server};
 
 /// A bundle source folder: clawspec.json, run.qcow2, claw/ payload.
@@ -490,7 +490,7 @@ async fn list_and_gc_keep_what_is_referenced() {
         .await
         .unwrap();
     // An orphan blob, and the base blob of both bundles.
-    let store = clawfarm::blob::BlobStore::new(&home);
+    let store = clawfarm::store::blob::BlobStore::new(&home);
     let orphan = data(5000, 3);
     fs::write(home.blob(&sha(&orphan)), &orphan).unwrap();
     fs::write(home.blob(BASE_SHA), b"base").unwrap();

@@ -9,8 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use blobkit::*;
-use clawfarm::bundle::{self, BundleError, ImportOptions, Refusal};
-use clawfarm::progress::Progress;
+use clawfarm::store::bundle::{self, BundleError, ImportOptions, Refusal};
+use clawfarm::store::progress::Progress;
 
 /// A valid clawspec + run image, then `evil` entries.
 fn bundle_with(dir: &Path, name: &str, evil: Vec<Raw<'_>>, spec_first: bool) -> PathBuf {

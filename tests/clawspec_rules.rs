@@ -1,7 +1,7 @@
 //! Table tests for every clawspec v3 rule: each case mutates the seed example and asserts
 //! the exact field path (and the gist of the message) of the error.
 
-use clawfarm::clawspec::{ClawSpec, ClawSpecError, Validator};
+use clawfarm::input::clawspec::{ClawSpec, ClawSpecError, Validator};
 use serde_json::{Value, json};
 
 const SEED: &str = include_str!("fixtures/clawspecs/seed-example.json");

@@ -392,7 +392,8 @@ fn mistyped_path_with_prune_deletes_nothing() {
 fn apply_waits_for_the_lock_naming_the_holder() {
     let e = env();
     std::fs::create_dir_all(&e.home).unwrap();
-    let held = clawfarm::lock::lock(&e.home.join("apply.lock"), "test", None, |_| {}).unwrap();
+    let held =
+        clawfarm::util::lock::lock(&e.home.join("apply.lock"), "test", None, |_| {}).unwrap();
     let child = e
         .cmd(&["apply", "-f", e.dir()])
         .stdout(Stdio::piped())

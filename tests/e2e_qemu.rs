@@ -36,12 +36,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clawfarm::desired;
-use clawfarm::driver::accel::AccelMode;
-use clawfarm::driver::cmdline::QemuSpec;
-use clawfarm::driver::host::{HostConfig, HostDriver, free_port, http_answers};
-use clawfarm::driver::layout::{InstanceFiles, volumes_dir};
+use clawfarm::driver::qemu::accel::AccelMode;
+use clawfarm::driver::qemu::cmdline::QemuSpec;
+use clawfarm::driver::qemu::layout::{InstanceFiles, volumes_dir};
+use clawfarm::driver::qemu::{QemuConfig, QemuDriver, free_port, http_answers};
 use clawfarm::home::Home;
-use clawfarm::record::Record;
+use clawfarm::state::record::Record;
 
 const API_KEY: &str = "sk-e2e-Secret'Value";
 
@@ -135,7 +135,7 @@ fn sha256(p: &Path) -> String {
     {
         return h.to_string();
     }
-    clawfarm::digest::sha256_file(p).unwrap()
+    clawfarm::util::digest::sha256_file(p).unwrap()
 }
 
 fn clawspec_json(url: &str, sha: &str) -> serde_json::Value {
@@ -210,7 +210,7 @@ struct KillVms(Home);
 
 impl Drop for KillVms {
     fn drop(&mut self) {
-        let drv = HostDriver::with_config(self.0.clone(), HostConfig::default());
+        let drv = QemuDriver::with_config(self.0.clone(), QemuConfig::default());
         let (recs, _) = Record::read_all(&self.0);
         for r in recs {
             if let Some(p) = drv.running(&r.clawid, Some(&r)) {
@@ -336,11 +336,11 @@ fn bare_boot(dir: &Path, blob: &Path, seed: &Path, payload: &Path, vol: &Path) -
         .unwrap();
     assert!(st.success());
     std::fs::copy(seed, files.seed()).unwrap();
-    let nonce = clawfarm::guest::new_nonce();
+    let nonce = clawfarm::driver::qemu::guest::new_nonce();
     let spec = QemuSpec {
         clawid: "bare".into(),
         files: files.clone(),
-        accel: clawfarm::driver::accel::Accel::Tcg,
+        accel: clawfarm::driver::qemu::accel::Accel::Tcg,
         cpus: 1,
         memory_mib: 1024,
         ssh_port: free_port().unwrap(),
@@ -358,7 +358,7 @@ fn bare_boot(dir: &Path, blob: &Path, seed: &Path, payload: &Path, vol: &Path) -
         .spawn()
         .unwrap();
     let secs = loop {
-        let s = clawfarm::guest::read_status(&files.status_log(), &nonce).unwrap();
+        let s = clawfarm::driver::qemu::guest::read_status(&files.status_log(), &nonce).unwrap();
         if s.done {
             break t.elapsed().as_secs_f64();
         }
@@ -424,7 +424,7 @@ async fn e2e_real_guests() {
     // Every clawfarm process of this test (apply, ps, stop, start, logs) uses it.
     // SAFETY: set before this test starts any thread that reads the environment.
     unsafe { std::env::set_var("CLAWFARM_ACCEL", format!("{accel:?}").to_ascii_lowercase()) };
-    let driver = HostDriver::with_config(home.clone(), HostConfig::from_env().unwrap());
+    let driver = QemuDriver::with_config(home.clone(), QemuConfig::from_env().unwrap());
     let alpha_id = desired::clawid_for("alpha");
     let beta_id = desired::clawid_for("beta");
     let gw_port = free_port().unwrap();

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use clawfarm::desired::DesiredInstance;
 use clawfarm::driver::Driver;
 use clawfarm::driver::fake::FakeDriver;
-use clawfarm::engine::{PassOptions, plan_pass, reconcile};
-use clawfarm::events::EventSink;
-use clawfarm::exec::{ExecOptions, NodeStatus};
 use clawfarm::home::Home;
 use clawfarm::plan::{ChangeKind, PlanOptions};
-use clawfarm::record::{Origin, Phase, Record};
+use clawfarm::reconcile::exec::{ExecOptions, NodeStatus};
+use clawfarm::reconcile::pass::{PassOptions, plan_pass, reconcile};
+use clawfarm::state::events::EventSink;
+use clawfarm::state::record::{Origin, Phase, Record};
 use common::*;
 use proptest::prelude::*;
 
@@ -40,7 +40,7 @@ fn pass(
     drv: &Arc<FakeDriver>,
     desired: &[Arc<DesiredInstance>],
     o: &PassOptions,
-) -> clawfarm::engine::PassOutcome {
+) -> clawfarm::reconcile::pass::PassOutcome {
     rt().block_on(reconcile(
         home,
         drv.clone() as Arc<dyn Driver>,
@@ -106,7 +106,7 @@ fn create_then_steady_state() {
     let raw = std::fs::read_to_string(Record::path(&home, &desired[0].clawid)).unwrap();
     assert!(!raw.contains("secret-1"), "{raw}");
     // Events were logged for every action.
-    let ev = clawfarm::events::read(&home.events_log()).unwrap();
+    let ev = clawfarm::state::events::read(&home.events_log()).unwrap();
     assert!(
         ev.iter()
             .any(|e| e.action == "wait-ready" && e.result == "ok")
@@ -373,8 +373,8 @@ fn sweep_removes_dead_writers_temp_files_but_not_under_a_held_lock() {
     for id in [a, b] {
         std::fs::write(home.claw_dir(id).join(".record.json.tmp.999.1"), b"torn").unwrap();
     }
-    let _held = clawfarm::lock::lock_instance(&home, b, None).unwrap();
-    assert_eq!(clawfarm::engine::sweep_temp_files(&home), 1);
+    let _held = clawfarm::util::lock::lock_instance(&home, b, None).unwrap();
+    assert_eq!(clawfarm::reconcile::pass::sweep_temp_files(&home), 1);
     assert!(!home.claw_dir(a).join(".record.json.tmp.999.1").exists());
     assert!(home.claw_dir(b).join(".record.json.tmp.999.1").exists());
 }

@@ -2,9 +2,9 @@
 //! user-data of a seed would make cloud-init write, and reads its reports with the host
 //! parser. Needs `python3` (skipped with a message when it is missing).
 
-use clawfarm::guest::{self, GuestPhase, StepState};
-use clawfarm::secret::Secret;
-use clawfarm::seed::{self, ProvisionStep, SeedInput};
+use clawfarm::driver::qemu::guest::{self, GuestPhase, StepState};
+use clawfarm::driver::qemu::seed::{self, ProvisionStep, SeedInput};
+use clawfarm::util::secret::Secret;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

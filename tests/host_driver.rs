@@ -10,14 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clawfarm::clawspec::ProvisionStep;
 use clawfarm::desired::{BundleDesired, DesiredInstance};
-use clawfarm::driver::host::{HostConfig, HostDriver, qcow2_backing};
-use clawfarm::driver::layout::volumes_dir;
+use clawfarm::driver::qemu::layout::volumes_dir;
+use clawfarm::driver::qemu::{QemuConfig, QemuDriver, qcow2_backing};
 use clawfarm::driver::{Driver, Liveness};
 use clawfarm::home::Home;
-use clawfarm::manifest::Volume;
-use clawfarm::record::{Phase, ProcessId};
+use clawfarm::input::clawspec::ProvisionStep;
+use clawfarm::input::manifest::Volume;
+use clawfarm::state::record::{Phase, ProcessId};
 
 fn have(tool: &str) -> bool {
     Command::new(tool)
@@ -41,7 +41,7 @@ fn home_with_base(gib: u64) -> (tempfile::TempDir, Home, String) {
         .status()
         .unwrap();
     assert!(st.success());
-    let sha = clawfarm::digest::sha256_file(&src).unwrap();
+    let sha = clawfarm::util::digest::sha256_file(&src).unwrap();
     let blob = home.blob(&sha);
     std::fs::rename(&src, &blob).unwrap();
     std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o444)).unwrap();
@@ -77,13 +77,13 @@ fn instance(base_sha: &str, key: &str) -> DesiredInstance {
     d
 }
 
-fn driver(home: &Home) -> HostDriver {
-    HostDriver::with_config(
+fn driver(home: &Home) -> QemuDriver {
+    QemuDriver::with_config(
         home.clone(),
-        HostConfig {
+        QemuConfig {
             // Nothing in these tests may start a real QEMU.
             qemu: PathBuf::from("/bin/false"),
-            ..HostConfig::default()
+            ..QemuConfig::default()
         },
     )
 }
@@ -198,7 +198,7 @@ async fn seed_keys_once_rewrite_on_change_volumes_outside() {
 
 /// A process that looks like this instance's QEMU: its command line names the QMP socket,
 /// the boot nonce and the SSH forward, and its pid is in the pidfile.
-fn fake_qemu(drv: &HostDriver, clawid: &str) -> Child {
+fn fake_qemu(drv: &QemuDriver, clawid: &str) -> Child {
     let f = drv.files(clawid);
     std::fs::create_dir_all(&f.dir).unwrap();
     let child = Command::new("sh")

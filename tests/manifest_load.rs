@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use clawfarm::manifest::{load, names_in_file_best_effort};
+use clawfarm::input::manifest::{load, names_in_file_best_effort};
 
 const FIX: &str = "tests/fixtures/manifests";
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use clawfarm::manifest::{
+use clawfarm::input::manifest::{
     ClawboxRef, DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DesiredState, ParamSource, Port, Volume,
     parse_memory, parse_str,
 };
@@ -651,7 +651,7 @@ fn garbage_never_panics() {
     for s in &samples {
         for (i, _) in s.char_indices() {
             let _ = parse_str(Path::new(FILE), &s[..i]);
-            let _ = clawfarm::manifest::names_in_file_best_effort(&s[..i]);
+            let _ = clawfarm::input::manifest::names_in_file_best_effort(&s[..i]);
         }
     }
     // deterministic pseudo-random bytes mapped to YAML-ish characters
@@ -669,7 +669,7 @@ fn garbage_never_panics() {
             s.push(alphabet[(x % alphabet.len() as u64) as usize]);
         }
         let _ = parse_str(Path::new(FILE), &s);
-        let _ = clawfarm::manifest::names_in_file_best_effort(&s);
+        let _ = clawfarm::input::manifest::names_in_file_best_effort(&s);
     }
 }
 
@@ -699,6 +699,6 @@ fn deep_nesting_is_an_error_not_a_crash() {
     for text in [flow, block, seqs] {
         let got = errors(&text);
         assert!(!got.is_empty());
-        let _ = clawfarm::manifest::names_in_file_best_effort(&text);
+        let _ = clawfarm::input::manifest::names_in_file_best_effort(&text);
     }
 }

@@ -1,6 +1,6 @@
 //! Sanity checks of `manifest::json_schema()` (not a schema validator).
 
-use clawfarm::manifest::json_schema;
+use clawfarm::input::manifest::json_schema;
 use serde_json::Value;
 
 fn props<'a>(schema: &'a Value, path: &[&str]) -> &'a Value {
@@ -141,7 +141,7 @@ fn accepts(schema: &Value, value: &Value, at: &str) -> Result<(), String> {
 fn valid_examples_are_accepted_by_the_schema() {
     let schema = json_schema();
     let mut checked = 0;
-    let result = clawfarm::manifest::load(&["tests/fixtures/manifests/valid".into()]);
+    let result = clawfarm::input::manifest::load(&["tests/fixtures/manifests/valid".into()]);
     assert!(result.diagnostics.is_empty());
     for file in &result.files {
         let text = std::fs::read_to_string(file).unwrap();

@@ -45,7 +45,7 @@ fn ten_thousand_manifests() {
     let t = Instant::now();
     let cpu = thread_cpu();
     for text in &texts {
-        let claws = clawfarm::manifest::parse_str(Path::new("/m/x.yaml"), text).unwrap();
+        let claws = clawfarm::input::manifest::parse_str(Path::new("/m/x.yaml"), text).unwrap();
         assert_eq!(claws.len(), 1);
     }
     let (parse, cpu) = (t.elapsed(), thread_cpu() - cpu);
@@ -62,9 +62,9 @@ fn ten_thousand_manifests() {
         std::fs::create_dir_all(&sub).unwrap();
         std::fs::write(sub.join(format!("c{i}.yaml")), text).unwrap();
     }
-    let _ = clawfarm::manifest::load(&[dir.path().to_path_buf()]);
+    let _ = clawfarm::input::manifest::load(&[dir.path().to_path_buf()]);
     let t = Instant::now();
-    let r = clawfarm::manifest::load(&[dir.path().to_path_buf()]);
+    let r = clawfarm::input::manifest::load(&[dir.path().to_path_buf()]);
     let load = t.elapsed();
     assert_eq!(r.claws.len(), n as usize);
     assert!(r.diagnostics.is_empty());
@@ -76,7 +76,7 @@ fn ten_thousand_manifests() {
 fn parse_loop_for_profiling() {
     let text = TYPICAL.replace("NAME", "c1");
     for _ in 0..100_000 {
-        let claws = clawfarm::manifest::parse_str(Path::new("/m/x.yaml"), &text).unwrap();
+        let claws = clawfarm::input::manifest::parse_str(Path::new("/m/x.yaml"), &text).unwrap();
         assert_eq!(claws.len(), 1);
     }
 }

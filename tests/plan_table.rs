@@ -305,7 +305,7 @@ fn planner_table() {
 #[test]
 fn run_instances_are_never_pruned() {
     let mut o = d("adhoc-1a2b3c").running();
-    o.record.origin = clawfarm::record::Origin::Run;
+    o.record.origin = clawfarm::state::record::Origin::Run;
     let p = plan(
         &[],
         &[o],

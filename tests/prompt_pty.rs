@@ -342,9 +342,9 @@ fn helper() {
         }
     };
     let r = match mode.as_str() {
-        "default" => clawfarm::prompt::read_line("Count", None, false, digits, Some("3")),
-        "skip" => clawfarm::prompt::read_line("Count", None, false, digits, None),
-        "panic" => clawfarm::prompt::read_line(
+        "default" => clawfarm::tui::prompt::read_line("Count", None, false, digits, Some("3")),
+        "skip" => clawfarm::tui::prompt::read_line("Count", None, false, digits, None),
+        "panic" => clawfarm::tui::prompt::read_line(
             "Boom",
             None,
             false,

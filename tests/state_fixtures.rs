@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use clawfarm::record::{Origin, Phase, Record, RecordError};
+use clawfarm::state::record::{Origin, Phase, Record, RecordError};
 
 fn fixture(p: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("state").join(p)
@@ -42,7 +42,7 @@ fn corrupt_record_is_an_error_not_a_panic() {
 
 #[test]
 fn event_log_skips_torn_line() {
-    let ev = clawfarm::events::read(&fixture("v1/events.jsonl")).unwrap();
+    let ev = clawfarm::state::events::read(&fixture("v1/events.jsonl")).unwrap();
     assert_eq!(ev.len(), 2);
     assert_eq!(ev[1].result, "failed");
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use clawfarm::desired::{Desired, DesiredInstance};
 use clawfarm::driver::Driver;
 use clawfarm::driver::fake::FakeDriver;
-use clawfarm::events::EventSink;
 use clawfarm::home::Home;
-use clawfarm::record::Record;
-use clawfarm::watch::{Backoff, Debouncer, PassRunner, WatchConfig, run, watch_folder};
+use clawfarm::reconcile::watch::{Backoff, Debouncer, PassRunner, WatchConfig, run, watch_folder};
+use clawfarm::state::events::EventSink;
+use clawfarm::state::record::Record;
 use common::*;
 use tokio::sync::mpsc;
 
@@ -212,7 +212,7 @@ async fn crash_loop_backs_off_with_growing_delays_and_spares_others() {
     stop_tx.send(()).unwrap();
     h.await.unwrap();
 
-    let ev = clawfarm::events::read(&home.events_log()).unwrap();
+    let ev = clawfarm::state::events::read(&home.events_log()).unwrap();
     let starts: Vec<_> = ev
         .iter()
         .filter(|e| e.instance == bad.clawid && e.action == "start" && e.result == "failed")
@@ -250,7 +250,7 @@ async fn crash_loop_backs_off_with_growing_delays_and_spares_others() {
     // The healthy instance was never disturbed.
     let g = Record::read(&Record::path(&home, &good.clawid)).unwrap();
     assert_eq!(g.restart_count, 0);
-    assert_eq!(g.phase, clawfarm::record::Phase::Ready);
+    assert_eq!(g.phase, clawfarm::state::record::Phase::Ready);
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod tty;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use clawfarm::clawspec::{ClawSpec, Validator};
+use clawfarm::input::clawspec::{ClawSpec, Validator};
 use tty::{Tty, bin};
 
 const BASE_REF: &str = "https://example.com/base.qcow2";

@@ -15,11 +15,11 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{Driver, DriverError, GuestHealth, Liveness};
-use crate::clawspec::Image;
 use crate::desired::{BundleDesired, DesiredInstance};
-use crate::fsutil::write_atomic;
 use crate::home::Home;
-use crate::record::{ProcessId, Record, Runtime};
+use crate::input::clawspec::Image;
+use crate::state::record::{ProcessId, Record, Runtime};
+use crate::util::fsutil::write_atomic;
 
 /// The fake VM state file in an instance folder.
 const VM_FILE: &str = "fake-vm.json";
@@ -152,8 +152,12 @@ impl Driver for FakeDriver {
         if bundle.source.is_file() {
             // A real bundle file: import it for real (store effects are cheap and safe;
             // only VMs are faked).
-            crate::bundle::import_desired(&self.home, bundle, &crate::progress::Progress::silent())
-                .await?;
+            crate::store::bundle::import_desired(
+                &self.home,
+                bundle,
+                &crate::store::progress::Progress::silent(),
+            )
+            .await?;
             return Ok(());
         }
         // A synthetic bundle of a unit test: leave the same completion marker.

@@ -1,5 +1,5 @@
 //! The one seam for effects. The executor calls a [`Driver`] for every action of a plan;
-//! [`fake::FakeDriver`] records calls for fast tests, [`host::HostDriver`] does the real
+//! [`fake::FakeDriver`] records calls for fast tests, [`host::QemuDriver`] does the real
 //! work (blob store, bundle import, qcow2 overlays, cloud-init seeds, QEMU).
 //!
 //! Every method must check before it acts: called twice, or after a crash half-way, it
@@ -7,16 +7,12 @@
 
 use async_trait::async_trait;
 
-use crate::clawspec::Image;
 use crate::desired::{BundleDesired, DesiredInstance};
-use crate::record::{ProcessId, Record, Runtime};
+use crate::input::clawspec::Image;
+use crate::state::record::{ProcessId, Record, Runtime};
 
-pub mod accel;
-pub mod cmdline;
 pub mod fake;
-pub mod host;
-pub mod layout;
-pub mod procfs;
+pub mod qemu;
 
 /// Errors from a driver. The chain is printed once, outermost first (`{:#}`).
 pub type DriverError = anyhow::Error;

@@ -12,7 +12,7 @@ use clawfarm::home::Home;
 
 /// Lowercase hex SHA-256.
 pub fn sha(data: &[u8]) -> String {
-    clawfarm::digest::sha256_hex(data)
+    clawfarm::util::digest::sha256_hex(data)
 }
 
 /// Deterministic, semi-compressible bytes.

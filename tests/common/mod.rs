@@ -6,15 +6,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use clawfarm::clawspec::{Bootstrap, ClawSpec, Image, Param, Params};
 use clawfarm::desired::{
     BuildSpec, BundleDesired, BundleKind, DesiredInstance, ResolvedParam, Resources, clawid_for,
 };
 use clawfarm::driver::Liveness;
-use clawfarm::manifest::{DesiredState, Port, SourceLoc};
+use clawfarm::input::clawspec::{Bootstrap, ClawSpec, Image, Param, Params};
+use clawfarm::input::manifest::{DesiredState, Port, SourceLoc};
 use clawfarm::plan::Observed;
-use clawfarm::record::{Origin, Phase, ProcessId, RECORD_VERSION, Record, Runtime};
-use clawfarm::secret::Secret;
+use clawfarm::state::record::{Origin, Phase, ProcessId, RECORD_VERSION, Record, Runtime};
+use clawfarm::util::secret::Secret;
 
 pub fn sha(c: char) -> String {
     std::iter::repeat_n(c, 64).collect()
@@ -131,13 +131,13 @@ impl D {
                 key: "API_KEY".into(),
                 value: Secret::new(self.key.clone()),
                 secret: true,
-                digest: clawfarm::digest::keyed_digest(b"test-key", "API_KEY", &self.key),
+                digest: clawfarm::util::digest::keyed_digest(b"test-key", "API_KEY", &self.key),
             },
             ResolvedParam {
                 key: "MODEL".into(),
                 value: Secret::new(self.model.clone()),
                 secret: false,
-                digest: clawfarm::digest::keyed_digest(b"test-key", "MODEL", &self.model),
+                digest: clawfarm::util::digest::keyed_digest(b"test-key", "MODEL", &self.model),
             },
         ];
         Arc::new(DesiredInstance {

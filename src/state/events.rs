@@ -1,7 +1,7 @@
 //! The event log: every action and state change, appended to `<home>/events.jsonl` as
 //! JSON lines (time, instance, action, result, message), and optionally echoed to a
 //! human-readable stream. Messages never contain secret values (they come from errors
-//! and action names, and secrets are only ever wrapped in [`crate::secret::Secret`]).
+//! and action names, and secrets are only ever wrapped in [`crate::util::secret::Secret`]).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// When.
-    #[serde(with = "crate::record::rfc3339::millis")]
+    #[serde(with = "crate::state::record::rfc3339::millis")]
     pub time: SystemTime,
     /// CLAWID, or `-` for shared work.
     pub instance: String,

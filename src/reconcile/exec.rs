@@ -16,12 +16,12 @@ use tokio::task::JoinSet;
 
 use crate::desired::{BundleDesired, DesiredInstance};
 use crate::driver::{Driver, DriverError};
-use crate::events::{Event, EventSink};
 use crate::home::Home;
-use crate::lock;
-use crate::manifest::DesiredState;
+use crate::input::manifest::DesiredState;
 use crate::plan::{Action, ChangeKind, Plan};
-use crate::record::{Origin, Phase, RECORD_VERSION, Record, Runtime};
+use crate::state::events::{Event, EventSink};
+use crate::state::record::{Origin, Phase, RECORD_VERSION, Record, Runtime};
+use crate::util::lock;
 
 /// Everything the executor needs besides the plan.
 #[derive(Clone)]
@@ -438,7 +438,7 @@ async fn run_node_inner(s: &Arc<Shared>, action: &Action) -> Result<NodeStatus, 
         tokio::task::spawn_blocking(move || lock::lock_instance(&home, &id2, timeout)).await??;
     // Every writer of an instance folder holds this lock, so temp files found now were left
     // by a writer that died mid-write (kill -9): sweep them.
-    if let Err(e) = crate::fsutil::clean_temp_files(&s.ctx.home.claw_dir(&clawid)) {
+    if let Err(e) = crate::util::fsutil::clean_temp_files(&s.ctx.home.claw_dir(&clawid)) {
         tracing::warn!("cannot clean temp files of {clawid}: {e}");
     }
 

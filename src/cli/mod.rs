@@ -12,19 +12,19 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use crate::desired::resolve::StoreResolver;
 use crate::desired::{self, Desired, ParamEnv, gateway_port};
-use crate::driver::accel::AccelMode;
 use crate::driver::fake::FakeDriver;
-use crate::driver::host::{HostConfig, HostDriver};
+use crate::driver::qemu::accel::AccelMode;
+use crate::driver::qemu::{QemuConfig, QemuDriver};
 use crate::driver::{Driver, GuestHealth, Liveness};
-use crate::engine::{self, PassOptions};
-use crate::events::{Event, EventSink};
-use crate::exec::ExecOptions;
 use crate::home::Home;
-use crate::lock;
 use crate::plan::{Observed, PlanOptions};
-use crate::record::{Origin, Phase, Record};
-use crate::resolve::StoreResolver;
+use crate::reconcile::exec::ExecOptions;
+use crate::reconcile::pass::{self, PassOptions};
+use crate::state::events::{Event, EventSink};
+use crate::state::record::{Origin, Phase, Record};
+use crate::util::lock;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -143,8 +143,8 @@ pub enum Command {
     },
     /// Write a new clawspec (and optionally a manifest using it): a terminal wizard, or
     /// flags with --non-interactive.
-    #[command(after_long_help = crate::wizard::EXAMPLES)]
-    New(Box<crate::wizard::NewArgs>),
+    #[command(after_long_help = crate::tui::wizard::EXAMPLES)]
+    New(Box<crate::tui::wizard::NewArgs>),
     /// Print the JSON Schema of the manifest format (for editors).
     Schema,
     /// Print shell completions.
@@ -162,20 +162,20 @@ pub enum Command {
         name: String,
         /// A param value, KEY=VALUE (repeatable). Prefer --param-file or the prompt for
         /// secrets: the command line is visible in shell history and `ps`.
-        #[arg(long = "param", value_name = "KEY=VALUE", value_parser = crate::run::parse_param_arg)]
-        params: Vec<(String, crate::secret::Secret)>,
+        #[arg(long = "param", value_name = "KEY=VALUE", value_parser = crate::desired::run::parse_param_arg)]
+        params: Vec<(String, crate::util::secret::Secret)>,
         /// A file of KEY=VALUE lines (repeatable; later values win).
         #[arg(long = "param-file", value_name = "FILE")]
         param_files: Vec<PathBuf>,
         /// vCPUs.
-        #[arg(long, default_value_t = crate::manifest::DEFAULT_CPUS)]
+        #[arg(long, default_value_t = crate::input::manifest::DEFAULT_CPUS)]
         cpus: u32,
         /// Memory (e.g. 2048, 2GiB, 512MiB).
-        #[arg(long, default_value = "1024", value_parser = crate::manifest::parse_memory)]
+        #[arg(long, default_value = "1024", value_parser = crate::input::manifest::parse_memory)]
         memory: u64,
         /// Host port forward HOST:GUEST on 127.0.0.1 (repeatable).
         #[arg(long = "port", value_name = "HOST:GUEST", value_parser = parse_port)]
-        ports: Vec<crate::manifest::Port>,
+        ports: Vec<crate::input::manifest::Port>,
         /// Do not wait for the guest to become ready.
         #[arg(long)]
         no_wait: bool,
@@ -319,12 +319,12 @@ pub fn make_driver(home: &Home) -> anyhow::Result<Arc<dyn Driver>> {
 }
 
 /// The QEMU driver for this home, configured from the environment and `--accel`.
-pub fn host_driver(home: &Home) -> anyhow::Result<HostDriver> {
-    let mut cfg = HostConfig::from_env()?;
+pub fn host_driver(home: &Home) -> anyhow::Result<QemuDriver> {
+    let mut cfg = QemuConfig::from_env()?;
     if let Some(a) = ACCEL_FLAG.get() {
         cfg.accel = *a;
     }
-    Ok(HostDriver::with_config(home.clone(), cfg))
+    Ok(QemuDriver::with_config(home.clone(), cfg))
 }
 
 fn param_env_lookup(name: &str) -> Option<String> {
@@ -338,12 +338,12 @@ static PROMPTS: AtomicBool = AtomicBool::new(true);
 /// Load the desired state of `files` (all errors collected, never the first only).
 ///
 /// On a terminal ([`interactive`]), params that nothing resolves are asked for
-/// ([`crate::prompt::TtyPrompter`]); Ctrl-C at a prompt is an error, before anything changes.
+/// ([`crate::tui::prompt::TtyPrompter`]); Ctrl-C at a prompt is an error, before anything changes.
 pub async fn load_desired(home: &Home, files: &[PathBuf]) -> anyhow::Result<Desired> {
     let key = home
         .secret_key()
         .context("cannot read the param digest key")?;
-    let tty = crate::prompt::TtyPrompter::new();
+    let tty = crate::tui::prompt::TtyPrompter::new();
     let penv = ParamEnv {
         key: &key,
         env: &param_env_lookup,
@@ -383,11 +383,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Stop { id } => stop(&home, &id),
         Command::Start { id, no_wait } => start(&home, &id, !no_wait),
         Command::Rm { force, purge, id } => rm(&home, &id, force, purge),
-        Command::New(args) => crate::wizard::run(&args),
+        Command::New(args) => crate::tui::wizard::run(&args),
         Command::Schema => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&crate::manifest::json_schema())?
+                serde_json::to_string_pretty(&crate::input::manifest::json_schema())?
             );
             Ok(0)
         }
@@ -413,10 +413,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         } => {
             let mut all = Vec::new();
             for f in &param_files {
-                all.extend(crate::run::read_param_file(f)?);
+                all.extend(crate::desired::run::read_param_file(f)?);
             }
             all.extend(params);
-            let req = crate::run::RunRequest {
+            let req = crate::desired::run::RunRequest {
                 bundle,
                 name,
                 params: all,
@@ -442,7 +442,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             parallelism,
             lock_timeout,
         } => {
-            let mut cfg = crate::watch::WatchConfig::new(dir);
+            let mut cfg = crate::reconcile::watch::WatchConfig::new(dir);
             cfg.resync = resync;
             cfg.debounce = debounce;
             cfg.prune = prune;
@@ -515,7 +515,7 @@ fn plan_cmd(home: &Home, args: &PlanArgs) -> anyhow::Result<u8> {
         prune: prune_allowed(args.prune, &d),
         protected: d.protected.clone(),
     };
-    let p = engine::plan_observed(&d.instances, &actual, &rec_errors, &opts);
+    let p = pass::plan_observed(&d.instances, &actual, &rec_errors, &opts);
     for e in &rec_errors {
         eprintln!("warning: {}", error_chain(e));
     }
@@ -585,7 +585,7 @@ fn apply(
         .with_context(|| format!("cannot create {}", home.root().display()))?;
     let driver = make_driver(home)?;
     let _lock = apply_lock(home, lock_timeout)?;
-    engine::sweep_temp_files(home);
+    pass::sweep_temp_files(home);
     let rt = runtime()?;
     let mut d = rt.block_on(load_desired(home, &args.files))?;
     let (actual, record_errors) = crate::observe::observe(home, &*driver);
@@ -603,7 +603,7 @@ fn apply(
             lock_timeout: None,
         },
     };
-    let out = rt.block_on(engine::reconcile_observed(
+    let out = rt.block_on(pass::reconcile_observed(
         home,
         driver,
         &d.instances,
@@ -652,7 +652,7 @@ pub struct PsRow {
     /// QEMU pid when running.
     pub pid: Option<u32>,
     /// Last record update.
-    #[serde(with = "crate::record::rfc3339")]
+    #[serde(with = "crate::state::record::rfc3339")]
     pub updated: SystemTime,
     /// Last error (failed phase, exit code, log tail for unhealthy guests).
     pub last_error: Option<String>,
@@ -943,7 +943,7 @@ fn events(home: &Home, name: Option<&str>, follow: bool) -> anyhow::Result<u8> {
     let path = home.events_log();
     let mut shown = 0usize;
     loop {
-        let all = crate::events::read(&path)
+        let all = crate::state::events::read(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         for e in all
             .iter()
@@ -973,7 +973,7 @@ struct FolderRunner {
 }
 
 #[async_trait::async_trait]
-impl crate::watch::PassRunner for FolderRunner {
+impl crate::reconcile::watch::PassRunner for FolderRunner {
     async fn desired(&mut self) -> Desired {
         match load_desired(&self.home, std::slice::from_ref(&self.dir)).await {
             Ok(d) => d,
@@ -987,11 +987,11 @@ impl crate::watch::PassRunner for FolderRunner {
 
 fn watch(
     home: &Home,
-    cfg: crate::watch::WatchConfig,
+    cfg: crate::reconcile::watch::WatchConfig,
     lock_timeout: Duration,
     _fmt: LogFormat,
 ) -> anyhow::Result<u8> {
-    use crate::watch::{Debouncer, watch_folder};
+    use crate::reconcile::watch::{Debouncer, watch_folder};
     home.ensure()
         .with_context(|| format!("cannot create {}", home.root().display()))?;
     if !cfg.dir.is_dir() {
@@ -1000,7 +1000,7 @@ fn watch(
     let driver = make_driver(home)?;
     let _lock = apply_lock(home, Some(lock_timeout))
         .context("another clawfarm apply or watch is running on this home")?;
-    engine::sweep_temp_files(home);
+    pass::sweep_temp_files(home);
     let rt = runtime()?;
     let stats = rt.block_on(async {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -1021,7 +1021,7 @@ fn watch(
         };
         tracing::info!(dir = %cfg.dir.display(), resync = ?cfg.resync, prune = cfg.prune, "watching");
         anyhow::Ok(
-            crate::watch::run(
+            crate::reconcile::watch::run(
                 home,
                 driver,
                 &cfg,
@@ -1077,7 +1077,7 @@ fn logs(home: &Home, id: &str, which: LogView, follow: bool) -> anyhow::Result<u
             let nonce = boot_nonce(&drv, &rec)?;
             let mut shown = 0;
             loop {
-                let st = crate::guest::read_status(&files.status_log(), &nonce)?;
+                let st = crate::driver::qemu::guest::read_status(&files.status_log(), &nonce)?;
                 for ev in &st.events[shown.min(st.events.len())..] {
                     writeln!(out, "{}", format_event(ev))?;
                 }
@@ -1128,14 +1128,14 @@ fn logs(home: &Home, id: &str, which: LogView, follow: bool) -> anyhow::Result<u
                 writeln!(out, "  error:    {}", e.replace('\n', "\n            "))?;
             }
             if let Some(nonce) = rt.boot_nonce.as_deref() {
-                let st = crate::guest::read_status(&files.status_log(), nonce)?;
+                let st = crate::driver::qemu::guest::read_status(&files.status_log(), nonce)?;
                 writeln!(out, "bootstrap (boot {}): {}", short(nonce), st.summary())?;
                 for ev in &st.events {
                     writeln!(out, "  {}", format_event(ev).replace('\n', "\n  "))?;
                 }
             }
             let serial = files.serial_log();
-            let tail = crate::driver::host::read_tail(&serial, 64 * 1024);
+            let tail = crate::driver::qemu::read_tail(&serial, 64 * 1024);
             let lines: Vec<&str> = tail.lines().collect();
             let from = lines.len().saturating_sub(20);
             writeln!(
@@ -1161,7 +1161,7 @@ fn short(nonce: &str) -> &str {
     &nonce[..8.min(nonce.len())]
 }
 
-fn boot_nonce(drv: &HostDriver, rec: &Record) -> anyhow::Result<String> {
+fn boot_nonce(drv: &QemuDriver, rec: &Record) -> anyhow::Result<String> {
     drv.live_runtime(rec)
         .and_then(|r| r.boot_nonce)
         .or_else(|| rec.runtime.boot_nonce.clone())
@@ -1169,8 +1169,8 @@ fn boot_nonce(drv: &HostDriver, rec: &Record) -> anyhow::Result<String> {
 }
 
 /// One status line for people: `TS  PHASE  STATUS [(exit N)]`, then the tail of a failure.
-fn format_event(ev: &crate::guest::GuestEvent) -> String {
-    use crate::guest::StepState;
+fn format_event(ev: &crate::driver::qemu::guest::GuestEvent) -> String {
+    use crate::driver::qemu::guest::StepState;
     let state = match ev.state {
         StepState::Started => "started".to_string(),
         StepState::Ok => "ok".to_string(),
@@ -1249,14 +1249,14 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-fn parse_port(s: &str) -> Result<crate::manifest::Port, String> {
+fn parse_port(s: &str) -> Result<crate::input::manifest::Port, String> {
     let (h, g) = s.split_once(':').ok_or("expected HOST:GUEST")?;
     let host: u16 = h.parse().map_err(|_| format!("bad host port {h:?}"))?;
     let guest: u16 = g.parse().map_err(|_| format!("bad guest port {g:?}"))?;
     if host < 1024 || guest == 0 {
         return Err("host port must be 1024-65535, guest port 1-65535".into());
     }
-    Ok(crate::manifest::Port {
+    Ok(crate::input::manifest::Port {
         host,
         guest,
         name: None,
@@ -1265,7 +1265,7 @@ fn parse_port(s: &str) -> Result<crate::manifest::Port, String> {
 
 fn run_cmd(
     home: &Home,
-    req: &crate::run::RunRequest,
+    req: &crate::desired::run::RunRequest,
     wait: bool,
     output: Output,
 ) -> anyhow::Result<u8> {
@@ -1276,14 +1276,14 @@ fn run_cmd(
     let key = home
         .secret_key()
         .context("cannot read the param digest key")?;
-    let tty = crate::prompt::TtyPrompter::new();
+    let tty = crate::tui::prompt::TtyPrompter::new();
     let penv = ParamEnv {
         key: &key,
         env: &param_env_lookup,
         prompter: interactive().then_some(&tty as &dyn desired::Prompter),
         command_line: true,
     };
-    let inst = rt.block_on(crate::run::desired_instance(
+    let inst = rt.block_on(crate::desired::run::desired_instance(
         home,
         req,
         &StoreResolver,
@@ -1312,7 +1312,7 @@ fn run_cmd(
             ..ExecOptions::default()
         },
     };
-    let out = rt.block_on(engine::reconcile_observed(
+    let out = rt.block_on(pass::reconcile_observed(
         home,
         driver,
         &d.instances,
@@ -1346,10 +1346,10 @@ fn run_cmd(
 fn import_cmd(home: &Home, path: &std::path::Path) -> anyhow::Result<u8> {
     home.ensure()
         .with_context(|| format!("cannot create {}", home.root().display()))?;
-    let b = runtime()?.block_on(crate::bundle::import(
+    let b = runtime()?.block_on(crate::store::bundle::import(
         home,
         path,
-        &crate::progress::Progress::stderr(),
+        &crate::store::progress::Progress::stderr(),
     ))?;
     println!(
         "{} {} ({})",
@@ -1380,7 +1380,7 @@ fn human_size(n: u64) -> String {
 }
 
 fn images(home: &Home, output: Output) -> anyhow::Result<u8> {
-    let items = crate::bundle::list(home);
+    let items = crate::store::bundle::list(home);
     let (records, _) = Record::read_all(home);
     // Which instances use each bundle, and through their bundles, each blob.
     let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
@@ -1391,7 +1391,7 @@ fn images(home: &Home, output: Output) -> anyhow::Result<u8> {
             .push(r.clawid.clone());
     }
     for it in &items {
-        if it.kind == crate::bundle::StoredKind::Bundle {
+        if it.kind == crate::store::bundle::StoredKind::Bundle {
             let ids = users.get(&it.digest).cloned().unwrap_or_default();
             for b in &it.blobs {
                 users
@@ -1453,7 +1453,7 @@ fn gc(home: &Home, dry_run: bool, lock_timeout: Option<Duration>) -> anyhow::Res
         bail!("refusing to collect garbage while some records cannot be read");
     }
     let referenced = records.iter().map(|r| r.build.bundle.clone()).collect();
-    let rep = crate::bundle::gc(home, &referenced, dry_run);
+    let rep = crate::store::bundle::gc(home, &referenced, dry_run);
     let verb = if dry_run { "would remove" } else { "removed" };
     for it in &rep.removed {
         println!(

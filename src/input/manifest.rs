@@ -107,7 +107,7 @@ pub enum ParamSource {
     File(PathBuf),
     /// A value given out of band (`clawfarm run --param`/`--param-file`); never produced by
     /// the YAML parser, so a manifest in git can still not carry a secret literal.
-    Given(crate::secret::Secret),
+    Given(crate::util::secret::Secret),
 }
 
 /// One validated manifest document (`kind: Claw`).
@@ -1547,7 +1547,7 @@ fn validate_clawbox(ctx: &mut Ctx<'_>, node: &Node<'_>) -> Option<ClawboxRef> {
                 None
             }
             Some((_, v)) => ctx.string(v, "spec.clawbox.sha256").and_then(|d| {
-                if crate::clawspec::is_sha256_hex(d) {
+                if crate::input::clawspec::is_sha256_hex(d) {
                     Some(d.to_owned())
                 } else {
                     ctx.err(
@@ -1699,7 +1699,7 @@ fn validate_params(ctx: &mut Ctx<'_>, node: &Node<'_>) -> Params {
         return (params, locs);
     };
     for (key, k, v) in fields.entries {
-        if !crate::clawspec::is_env_key(key) {
+        if !crate::input::clawspec::is_env_key(key) {
             ctx.err(
                 k.pos,
                 format!(
@@ -1757,7 +1757,7 @@ fn param_reference(ctx: &mut Ctx<'_>, node: &Node<'_>, path: &str) -> Option<Par
         (Some((_, v)), None) => {
             let p = join(path, "env");
             let name = ctx.string(v, &p)?;
-            if crate::clawspec::is_env_key(name) {
+            if crate::input::clawspec::is_env_key(name) {
                 Some(ParamSource::Env(name.to_owned()))
             } else {
                 ctx.err(
@@ -2279,7 +2279,7 @@ fn read_and_parse(file: &Path) -> FileParse {
 }
 
 fn parse_files(files: &[PathBuf]) -> Vec<FileParse> {
-    crate::par::par_map(files, |f| read_and_parse(f))
+    crate::util::par::par_map(files, |f| read_and_parse(f))
 }
 
 /// Every `metadata.name` value found in `text`, even when the file does not validate
@@ -2510,13 +2510,13 @@ mod tests {
     use super::*;
 
     const CORPUS: &[&str] = &[
-        include_str!("../tests/fixtures/manifests/valid/demo-a.yaml"),
-        include_str!("../tests/fixtures/manifests/valid/multi.yaml"),
-        include_str!("../tests/fixtures/manifests/valid/team/minimal.yml"),
-        include_str!("../tests/fixtures/manifests/valid/team/from-json.json"),
-        include_str!("../tests/fixtures/manifests/invalid/unknown-field.yaml"),
-        include_str!("../tests/fixtures/manifests/invalid/bad-memory.yaml"),
-        include_str!("../tests/fixtures/manifests/invalid/syntax.yaml"),
+        include_str!("../../tests/fixtures/manifests/valid/demo-a.yaml"),
+        include_str!("../../tests/fixtures/manifests/valid/multi.yaml"),
+        include_str!("../../tests/fixtures/manifests/valid/team/minimal.yml"),
+        include_str!("../../tests/fixtures/manifests/valid/team/from-json.json"),
+        include_str!("../../tests/fixtures/manifests/invalid/unknown-field.yaml"),
+        include_str!("../../tests/fixtures/manifests/invalid/bad-memory.yaml"),
+        include_str!("../../tests/fixtures/manifests/invalid/syntax.yaml"),
         "a:\n  b: 1\n  c:\n  d: 'q'\n  e: \"w\"\nl:\n- x\n-   y\n- k: 1\n  m:\n- \n  - z\nf: [a, {b: c}, []]\ng: {}\nh:    # c\n  - 1\ni: x # c\n",
         "---\n---\n# c\n...\n---\na: 1\n...\n",
         "- a\n- b: c\n  d: [e, 'f', \"g\"]\n-\n  - h\n",

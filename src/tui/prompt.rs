@@ -16,8 +16,8 @@ use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifier
 use crossterm::style::Stylize;
 use crossterm::{cursor, queue, terminal};
 
-use crate::clawspec::{Param, Validator};
 use crate::desired::Prompter;
+use crate::input::clawspec::{Param, Validator};
 
 /// Why a prompt did not produce an answer.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@
 
 use std::io;
 
-use crate::record::ProcessId;
+use crate::state::record::ProcessId;
 
 /// What `/proc/<pid>/stat` says about a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

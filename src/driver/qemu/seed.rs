@@ -24,20 +24,20 @@
 //! | `/var/log/clawfarm/<phase>.log` | output of each phase (`install`, `start`, `provision-N`, `mount`, `cloud-init`), root 0600 |
 //! | `/var/lib/clawfarm/state/<instance-id>/` | markers of the once-per-instance phases that succeeded |
 //!
-//! The status protocol the runner speaks is described in [`crate::guest`].
+//! The status protocol the runner speaks is described in [`crate::driver::qemu::guest`].
 //!
 //! Secrets: param values are in the seed image (they must reach the guest) and nowhere else;
 //! this module never logs user-data content.
 
-use crate::secret::Secret;
+use crate::util::secret::Secret;
 use serde_json::{Value, json};
 use std::io::{self, Cursor, Write};
 use std::path::Path;
 
 /// The phase runner script (Python 3), installed at [`RUNNER_PATH`].
-pub const RUNNER_PY: &str = include_str!("../assets/guest/clawfarm-runner.py");
+pub const RUNNER_PY: &str = include_str!("../../../assets/guest/clawfarm-runner.py");
 /// The systemd unit that runs the phase runner on every boot.
-pub const BOOTSTRAP_UNIT: &str = include_str!("../assets/guest/clawfarm-bootstrap.service");
+pub const BOOTSTRAP_UNIT: &str = include_str!("../../../assets/guest/clawfarm-bootstrap.service");
 /// Name of the systemd unit in the guest.
 pub const BOOTSTRAP_UNIT_NAME: &str = "clawfarm-bootstrap.service";
 /// Guest path of the phase runner.
@@ -110,7 +110,7 @@ impl std::fmt::Debug for SeedInput {
             .field("instance_id", &self.instance_id)
             .field("hostname", &self.hostname)
             .field("ssh_authorized_key", &self.ssh_authorized_key)
-            .field("host_key_private", &crate::secret::REDACTED)
+            .field("host_key_private", &crate::util::secret::REDACTED)
             .field("host_key_public", &self.host_key_public)
             .field("params", &self.params)
             .field("install_script", &self.install_script)
@@ -328,8 +328,8 @@ if [ ! -e "$p" ]; then for f in /sys/class/virtio-ports/*/name; do [ "$(cat "$f"
 printf 'CLAWFARM-STATUS %s\n' "$l" > /dev/ttyS0 2>/dev/null
 true
 "#,
-        nonce = crate::guest::NONCE_SYSFS_PATH,
-        port = crate::guest::STATUS_PORT_NAME,
+        nonce = crate::driver::qemu::guest::NONCE_SYSFS_PATH,
+        port = crate::driver::qemu::guest::STATUS_PORT_NAME,
     )
 }
 
@@ -421,7 +421,7 @@ pub fn instance_id_for(input: &SeedInput) -> String {
         buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
         buf.extend_from_slice(part.as_bytes());
     }
-    let hex = crate::digest::sha256_hex(&buf);
+    let hex = crate::util::digest::sha256_hex(&buf);
     format!("clawfarm-{}", &hex[..24])
 }
 
@@ -473,7 +473,7 @@ pub fn build_seed_image(input: &SeedInput) -> io::Result<Vec<u8>> {
     let mut label = [b' '; 11];
     label[..SEED_LABEL.len()].copy_from_slice(SEED_LABEL.as_bytes());
     let volume_id = u32::from_str_radix(
-        &crate::digest::sha256_hex(input.instance_id.as_bytes())[..8],
+        &crate::util::digest::sha256_hex(input.instance_id.as_bytes())[..8],
         16,
     )
     .unwrap_or(0x0c1a_3fa4);
@@ -510,7 +510,7 @@ pub fn build_seed_image(input: &SeedInput) -> io::Result<Vec<u8>> {
 /// 0600. Errors name `path`.
 pub fn write_seed(path: &Path, input: &SeedInput) -> io::Result<()> {
     let img = build_seed_image(input)?;
-    crate::fsutil::write_atomic(path, &img, 0o600).map_err(|e| {
+    crate::util::fsutil::write_atomic(path, &img, 0o600).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("writing seed image {}: {e}", path.display()),

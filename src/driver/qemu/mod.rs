@@ -10,6 +10,15 @@
 //!   record, `runtime.json` or QEMU's pidfile, and verified through `/proc`);
 //! * `stop` of a stopped VM and `remove` of a missing folder succeed.
 
+pub mod accel;
+pub mod cmdline;
+pub mod guest;
+pub mod layout;
+pub mod procfs;
+pub mod qmp;
+pub mod seed;
+pub mod sshkeys;
+
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -23,26 +32,23 @@ use anyhow::{Context, bail};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::accel::{self, Accel, AccelChoice, AccelMode};
-use super::cmdline::{PAYLOAD_TAG, QemuSpec, parse_args, volume_tag};
-use super::layout::{InstanceFiles, volumes_dir};
-use super::procfs;
-use super::{Driver, DriverError, GuestHealth, Liveness};
-use crate::blob::BlobStore;
-use crate::clawspec::Image;
+use self::accel::{Accel, AccelChoice, AccelMode};
+use self::cmdline::{PAYLOAD_TAG, QemuSpec, parse_args, volume_tag};
+use self::layout::{InstanceFiles, volumes_dir};
+use self::qmp::Qmp;
+use self::seed::SeedInput;
 use crate::desired::{BundleDesired, DesiredInstance, gateway_port};
-use crate::fsutil;
-use crate::guest;
+use crate::driver::{Driver, DriverError, GuestHealth, Liveness};
 use crate::home::Home;
-use crate::progress::Progress;
-use crate::qmp::Qmp;
-use crate::record::{ProcessId, Record, Runtime};
-use crate::seed::{self, SeedInput};
-use crate::sshkeys;
+use crate::input::clawspec::Image;
+use crate::state::record::{ProcessId, Record, Runtime};
+use crate::store::blob::BlobStore;
+use crate::store::progress::Progress;
+use crate::util::fsutil;
 
 /// Settings of the host driver (from the environment by default).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostConfig {
+pub struct QemuConfig {
     /// `qemu-system-x86_64` (`CLAWFARM_QEMU`).
     pub qemu: PathBuf,
     /// `qemu-img` (`CLAWFARM_QEMU_IMG`).
@@ -59,9 +65,9 @@ pub struct HostConfig {
     pub kvm_watchdog: Duration,
 }
 
-impl Default for HostConfig {
+impl Default for QemuConfig {
     fn default() -> Self {
-        HostConfig {
+        QemuConfig {
             qemu: "qemu-system-x86_64".into(),
             qemu_img: "qemu-img".into(),
             accel: AccelMode::Auto,
@@ -87,17 +93,17 @@ fn env_duration(name: &str, default: Duration) -> anyhow::Result<Duration> {
     }
 }
 
-impl HostConfig {
+impl QemuConfig {
     /// Read the `CLAWFARM_*` variables (see the fields).
     pub fn from_env() -> anyhow::Result<Self> {
-        let d = HostConfig::default();
+        let d = QemuConfig::default();
         let accel = match std::env::var("CLAWFARM_ACCEL") {
             Ok(v) => AccelMode::parse(&v).ok_or_else(|| {
                 anyhow::anyhow!("CLAWFARM_ACCEL={v:?} is not one of auto, kvm, tcg")
             })?,
             Err(_) => d.accel,
         };
-        Ok(HostConfig {
+        Ok(QemuConfig {
             qemu: std::env::var_os("CLAWFARM_QEMU")
                 .map(PathBuf::from)
                 .unwrap_or(d.qemu),
@@ -182,21 +188,21 @@ enum LaunchError {
 
 /// The host driver.
 #[derive(Debug)]
-pub struct HostDriver {
+pub struct QemuDriver {
     home: Home,
-    cfg: HostConfig,
+    cfg: QemuConfig,
     blobs: BlobStore,
 }
 
-impl HostDriver {
+impl QemuDriver {
     /// A driver over `home`, configured from the environment.
     pub fn new(home: Home) -> anyhow::Result<Self> {
-        Ok(Self::with_config(home, HostConfig::from_env()?))
+        Ok(Self::with_config(home, QemuConfig::from_env()?))
     }
 
     /// A driver with explicit settings.
-    pub fn with_config(home: Home, cfg: HostConfig) -> Self {
-        HostDriver {
+    pub fn with_config(home: Home, cfg: QemuConfig) -> Self {
+        QemuDriver {
             blobs: BlobStore::new(&home),
             home,
             cfg,
@@ -209,7 +215,7 @@ impl HostDriver {
     }
 
     /// The settings.
-    pub fn config(&self) -> &HostConfig {
+    pub fn config(&self) -> &QemuConfig {
         &self.cfg
     }
 
@@ -293,7 +299,7 @@ impl HostDriver {
         let payload = self
             .home
             .bundle_dir(&inst.bundle.digest)
-            .join(crate::bundle::PAYLOAD_DIR)
+            .join(crate::store::bundle::PAYLOAD_DIR)
             .is_dir();
         let mut input = SeedInput {
             instance_id: String::new(),
@@ -333,7 +339,7 @@ impl HostDriver {
         let payload = self
             .home
             .bundle_dir(&rec.build.bundle)
-            .join(crate::bundle::PAYLOAD_DIR);
+            .join(crate::store::bundle::PAYLOAD_DIR);
         let payload = std::path::absolute(&payload).unwrap_or(payload);
         let vdir = volumes_dir(&self.home, &rec.clawid);
         QemuSpec {
@@ -538,7 +544,7 @@ impl HostDriver {
     }
 
     /// Stop the VM of `rec` and say how it ended: `system_powerdown` and up to
-    /// [`HostConfig::stop_timeout`] for the guest to power off, then QMP `quit`, then
+    /// [`QemuConfig::stop_timeout`] for the guest to power off, then QMP `quit`, then
     /// SIGKILL. Without QMP: SIGTERM, then SIGKILL.
     pub async fn stop_instance(&self, rec: &Record) -> anyhow::Result<StopOutcome> {
         let files = self.files(&rec.clawid);
@@ -633,13 +639,13 @@ impl HostDriver {
 }
 
 #[async_trait]
-impl Driver for HostDriver {
+impl Driver for QemuDriver {
     fn kind(&self) -> &'static str {
         "qemu"
     }
 
     async fn import_bundle(&self, bundle: &BundleDesired) -> Result<(), DriverError> {
-        crate::bundle::import_desired(&self.home, bundle, &Progress::stderr()).await?;
+        crate::store::bundle::import_desired(&self.home, bundle, &Progress::stderr()).await?;
         Ok(())
     }
 
@@ -892,7 +898,7 @@ impl Driver for HostDriver {
         }
         match gateway_port(&rec.resources).map(|p| p.host) {
             Some(port) if !http_answers(port, Duration::from_millis(500)) => {
-                if rec.phase == crate::record::Phase::Ready {
+                if rec.phase == crate::state::record::Phase::Ready {
                     GuestHealth::Unhealthy {
                         phase: format!("gateway 127.0.0.1:{port}"),
                         code: -1,

@@ -15,11 +15,11 @@ use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::Serialize;
 
-use crate::clawspec::Image;
 use crate::desired::{BundleDesired, DesiredInstance};
 use crate::driver::Liveness;
-use crate::manifest::DesiredState;
-use crate::record::{Origin, Phase, Record};
+use crate::input::clawspec::Image;
+use crate::input::manifest::DesiredState;
+use crate::state::record::{Origin, Phase, Record};
 
 /// One idempotent step. Instance actions name the instance by CLAWID.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -460,7 +460,7 @@ fn restart_reasons(d: &DesiredInstance, r: &Record) -> Vec<String> {
         out.push(format!("memory {} → {} MiB", a.memory_mib, b.memory_mib));
     }
     if a.ports != b.ports {
-        let f = |p: &[crate::manifest::Port]| {
+        let f = |p: &[crate::input::manifest::Port]| {
             let v: Vec<String> = p
                 .iter()
                 .map(|p| format!("{}:{}", p.host, p.guest))

@@ -29,16 +29,16 @@ use std::sync::{Arc, LazyLock, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::blob::{
+use crate::desired::{BundleDesired, BundleKind};
+use crate::home::Home;
+use crate::input::clawspec::ClawSpec;
+use crate::store::blob::{
     BUF_SIZE, BlobError, BlobStore, DiskProblem, HEAD_CAP, ImageSource, Part, check_disk_header,
     flock_blocking, parse_ref, try_flock,
 };
-use crate::clawspec::ClawSpec;
-use crate::desired::{BundleDesired, BundleKind};
-use crate::digest::{is_sha256_hex, sha256_hex};
-use crate::fsutil;
-use crate::home::Home;
-use crate::progress::{Progress, Tracker};
+use crate::store::progress::{Progress, Tracker};
+use crate::util::digest::{is_sha256_hex, sha256_hex};
+use crate::util::fsutil;
 
 /// Name of the clawspec inside a tar.gz bundle and inside an imported bundle folder.
 pub const CLAWSPEC_JSON: &str = "clawspec.json";
@@ -1843,7 +1843,7 @@ fn publish_images(
             return Err(BundleError::MissingImage {
                 bundle: bundle.to_string(),
                 image: image.clone(),
-                reference: format!("{}{entry}", crate::blob::CLAWBOX_SCHEME),
+                reference: format!("{}{entry}", crate::store::blob::CLAWBOX_SCHEME),
                 entry: entry.clone(),
             });
         };

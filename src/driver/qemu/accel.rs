@@ -28,8 +28,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil;
 use crate::home::Home;
+use crate::util::fsutil;
 
 /// How long the KVM probe may take to print its line.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

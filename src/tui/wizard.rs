@@ -20,12 +20,12 @@ use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use crossterm::style::Stylize;
 
-use crate::clawspec::{
+use crate::input::clawspec::{
     BOOTSTRAP_IDS, Bootstrap, ClawSpec, Image, Param, Params, ProvisionStep, SCHEMA_VERSION,
     Validator, is_env_key, is_sha256_hex,
 };
-use crate::manifest;
-use crate::prompt::{self, PromptError, read_line};
+use crate::input::manifest;
+use crate::tui::prompt::{self, PromptError, read_line};
 
 /// Options of `clawfarm new`.
 ///
@@ -1332,7 +1332,7 @@ pub fn write_outputs(
         bail!("{} exists (run with --force to overwrite)", out.display());
     }
     let out_w = parent_dir(out).join(out.file_name().unwrap_or_default());
-    crate::fsutil::write_atomic(&out_w, text.as_bytes(), 0o644)
+    crate::util::fsutil::write_atomic(&out_w, text.as_bytes(), 0o644)
         .with_context(|| format!("cannot write {}", out.display()))?;
     let p = &spec.bootstrap.params;
     eprintln!(
@@ -1345,7 +1345,7 @@ pub fn write_outputs(
     );
     if let Some((path, m)) = manifest {
         let w = parent_dir(&path).join(path.file_name().unwrap_or_default());
-        crate::fsutil::write_atomic(&w, m.as_bytes(), 0o644)
+        crate::util::fsutil::write_atomic(&w, m.as_bytes(), 0o644)
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
         let envs: Vec<&str> = spec

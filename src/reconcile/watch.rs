@@ -20,14 +20,14 @@ use tokio::time::Instant;
 
 use crate::desired::{Desired, DesiredInstance};
 use crate::driver::{Driver, Liveness};
-use crate::engine::{self, PassOptions};
-use crate::events::{Event, EventSink};
-use crate::exec::ExecOptions;
 use crate::home::Home;
-use crate::lock;
-use crate::manifest::DesiredState;
+use crate::input::manifest::DesiredState;
 use crate::plan::{Observed, PlanOptions};
-use crate::record::{Origin, Phase, Record};
+use crate::reconcile::exec::ExecOptions;
+use crate::reconcile::pass::{self, PassOptions};
+use crate::state::events::{Event, EventSink};
+use crate::state::record::{Origin, Phase, Record};
+use crate::util::lock;
 
 /// Restart backoff policy.
 #[derive(Debug, Clone, Copy)]
@@ -467,7 +467,7 @@ pub async fn run<R: PassRunner>(
                     lock_timeout: Some(Duration::from_secs(30)),
                 },
             };
-            let out = engine::reconcile_observed(
+            let out = pass::reconcile_observed(
                 home,
                 driver.clone(),
                 &desired.instances,

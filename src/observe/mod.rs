@@ -5,13 +5,13 @@
 use crate::driver::Driver;
 use crate::home::Home;
 use crate::plan::Observed;
-use crate::record::{Record, RecordError};
+use crate::state::record::{Record, RecordError};
 
 /// Read every record and probe its process. Corrupt records come back as errors; the
 /// instances they describe are left alone by the planner (it never sees them).
 pub fn observe(home: &Home, driver: &dyn Driver) -> (Vec<Observed>, Vec<RecordError>) {
     let (records, errors) = Record::read_all(home);
-    let lives = crate::par::par_map(&records, |r| driver.probe(r));
+    let lives = crate::util::par::par_map(&records, |r| driver.probe(r));
     let observed = records
         .into_iter()
         .zip(lives)

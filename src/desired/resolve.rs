@@ -5,9 +5,9 @@ use async_trait::async_trait;
 
 use crate::desired::{BundleDesired, BundleResolver};
 use crate::home::Home;
-use crate::manifest::ClawboxRef;
+use crate::input::manifest::ClawboxRef;
 
-/// Resolves `spec.clawbox` through [`crate::bundle`].
+/// Resolves `spec.clawbox` through [`crate::store::bundle`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StoreResolver;
 
@@ -19,24 +19,26 @@ impl BundleResolver for StoreResolver {
                 let home = home.clone();
                 let p = p.clone();
                 Ok(
-                    tokio::task::spawn_blocking(move || crate::bundle::inspect(&home, &p))
+                    tokio::task::spawn_blocking(move || crate::store::bundle::inspect(&home, &p))
                         .await??,
                 )
             }
             ClawboxRef::Url { url, sha256 } => {
                 // Remote bundles are downloaded (verified, resumable) into the blob store
                 // before planning, then identified like a local file.
-                let blob = crate::bundle::fetch_url_bundle(
+                let blob = crate::store::bundle::fetch_url_bundle(
                     home,
                     url,
                     sha256,
-                    &crate::progress::Progress::stderr(),
+                    &crate::store::progress::Progress::stderr(),
                 )
                 .await?;
                 let home = home.clone();
                 Ok(
-                    tokio::task::spawn_blocking(move || crate::bundle::inspect(&home, &blob))
-                        .await??,
+                    tokio::task::spawn_blocking(move || {
+                        crate::store::bundle::inspect(&home, &blob)
+                    })
+                    .await??,
                 )
             }
         }

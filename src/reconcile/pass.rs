@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use crate::desired::DesiredInstance;
 use crate::driver::Driver;
-use crate::events::EventSink;
-use crate::exec::{ExecContext, ExecOptions, Report, execute};
 use crate::home::Home;
 use crate::observe::observe;
 use crate::plan::{Observed, Plan, PlanOptions, plan};
-use crate::record::{Origin, RecordError};
+use crate::reconcile::exec::{ExecContext, ExecOptions, Report, execute};
+use crate::state::events::EventSink;
+use crate::state::record::{Origin, RecordError};
 
 /// Options of one pass.
 #[derive(Debug, Clone, Default)]
@@ -156,8 +156,8 @@ pub fn sweep_temp_files(home: &Home) -> usize {
     let mut n = 0;
     for e in rd.flatten() {
         let id = e.file_name().to_string_lossy().into_owned();
-        if let Ok(_l) = crate::lock::lock_instance(home, &id, Some(Duration::ZERO)) {
-            n += crate::fsutil::clean_temp_files(&e.path()).unwrap_or(0);
+        if let Ok(_l) = crate::util::lock::lock_instance(home, &id, Some(Duration::ZERO)) {
+            n += crate::util::fsutil::clean_temp_files(&e.path()).unwrap_or(0);
         }
     }
     n

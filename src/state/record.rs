@@ -12,9 +12,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::desired::{BuildSpec, Resources};
-use crate::fsutil;
 use crate::home::Home;
-use crate::manifest::DesiredState;
+use crate::input::manifest::DesiredState;
+use crate::util::fsutil;
 
 /// Current record format version.
 pub const RECORD_VERSION: u32 = 1;
@@ -253,7 +253,7 @@ impl Record {
         };
         let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
         dirs.sort();
-        let read = crate::par::par_map(&dirs, |d| {
+        let read = crate::util::par::par_map(&dirs, |d| {
             let p = d.join(RECORD_FILE);
             match Record::read(&p) {
                 Err(RecordError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {

@@ -23,12 +23,12 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{Catalog, CatalogError};
-use crate::clawspec::Image;
-use crate::digest::is_sha256_hex;
-use crate::fsutil;
 use crate::home::Home;
-use crate::progress::Progress;
+use crate::input::clawspec::Image;
+use crate::store::catalog::{Catalog, CatalogError};
+use crate::store::progress::Progress;
+use crate::util::digest::is_sha256_hex;
+use crate::util::fsutil;
 
 /// Scheme prefix of an image inside its bundle (`clawbox:///run.qcow2`).
 pub const CLAWBOX_SCHEME: &str = "clawbox:///";
@@ -839,11 +839,19 @@ impl BlobStore {
         }
         match source {
             ImageSource::Http(url) => {
-                crate::fetch::download_http(self, self.client()?, url, sha, label, kind, progress)
-                    .await?
+                crate::store::fetch::download_http(
+                    self,
+                    self.client()?,
+                    url,
+                    sha,
+                    label,
+                    kind,
+                    progress,
+                )
+                .await?
             }
             ImageSource::File(path) => {
-                crate::fetch::copy_file(self, path, sha, label, kind, progress).await?
+                crate::store::fetch::copy_file(self, path, sha, label, kind, progress).await?
             }
             ImageSource::Clawbox(_) | ImageSource::Name(_) => {
                 return Err(BlobError::UnsupportedRef {
@@ -1011,11 +1019,11 @@ mod tests {
         let mut b = Part::resume(&p).unwrap();
         assert_eq!(b.len(), 6);
         b.append(b"world").unwrap();
-        assert_eq!(b.digest(), crate::digest::sha256_hex(b"hello world"));
+        assert_eq!(b.digest(), crate::util::digest::sha256_hex(b"hello world"));
         assert_eq!(fs::read(&p).unwrap(), b"hello world");
         b.reset().unwrap();
         b.append(b"abc").unwrap();
-        assert_eq!(b.digest(), crate::digest::sha256_hex(b"abc"));
+        assert_eq!(b.digest(), crate::util::digest::sha256_hex(b"abc"));
         assert_eq!(fs::read(&p).unwrap(), b"abc");
     }
 }

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_RANGE, RANGE};
 
-use crate::blob::{
+use crate::store::blob::{
     BUF_SIZE, BlobError, BlobKind, BlobStore, Part, blocking, is_retryable, publish_verified,
 };
-use crate::progress::{Progress, Tracker};
+use crate::store::progress::{Progress, Tracker};
 
 /// Run `f` on the part in a blocking thread, keeping the part in `slot`.
 async fn with_part<T: Send + 'static>(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::accel::Accel;
 use super::layout::{InstanceFiles, opt_path};
-use crate::manifest::Port;
+use crate::input::manifest::Port;
 
 /// 9p mount tag of the bundle payload (mounted read-only at `/opt/claw` in the guest).
 pub const PAYLOAD_TAG: &str = "claw";
@@ -101,7 +101,10 @@ impl QemuSpec {
         );
         kv(&mut a, "-device", "virtio-rng-pci".into());
         // The guest status channel and boot nonce (the guest side's contract).
-        a.extend(crate::guest::qemu_status_args(&f.status_log(), &self.nonce));
+        a.extend(crate::driver::qemu::guest::qemu_status_args(
+            &f.status_log(),
+            &self.nonce,
+        ));
         if let Some(p) = &self.payload {
             kv(
                 &mut a,
@@ -154,9 +157,10 @@ pub fn parse_args(args: &[String]) -> Parsed {
     for w in args.windows(2) {
         match w[0].as_str() {
             "-fw_cfg" => {
-                if let Some(n) =
-                    w[1].strip_prefix(&format!("name={},string=", crate::guest::NONCE_FW_CFG_NAME))
-                {
+                if let Some(n) = w[1].strip_prefix(&format!(
+                    "name={},string=",
+                    crate::driver::qemu::guest::NONCE_FW_CFG_NAME
+                )) {
                     p.nonce = Some(n.to_string());
                 }
             }

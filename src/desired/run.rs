@@ -10,8 +10,10 @@ use anyhow::{Context, bail};
 
 use crate::desired::{BundleResolver, DesiredInstance, ParamEnv, instances_of};
 use crate::home::Home;
-use crate::manifest::{Claw, ClawboxRef, DesiredState, ParamSource, Port, SourceLoc, Volume};
-use crate::secret::Secret;
+use crate::input::manifest::{
+    Claw, ClawboxRef, DesiredState, ParamSource, Port, SourceLoc, Volume,
+};
+use crate::util::secret::Secret;
 
 /// What `run` was asked for.
 #[derive(Debug, Clone)]
@@ -49,7 +51,7 @@ pub fn read_param_file(path: &Path) -> anyhow::Result<Vec<(String, Secret)>> {
             bail!("{}:{}: expected KEY=VALUE", path.display(), i + 1);
         };
         let k = k.trim();
-        if !crate::clawspec::is_env_key(k) {
+        if !crate::input::clawspec::is_env_key(k) {
             bail!(
                 "{}:{}: {k:?} is not a valid param key",
                 path.display(),
@@ -71,7 +73,7 @@ pub fn parse_param_arg(s: &str) -> Result<(String, Secret), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| "expected KEY=VALUE".to_string())?;
-    if !crate::clawspec::is_env_key(k) {
+    if !crate::input::clawspec::is_env_key(k) {
         return Err(format!("{k:?} is not a valid param key"));
     }
     Ok((k.to_string(), Secret::new(v)))
@@ -90,11 +92,11 @@ pub async fn desired_instance(
     resolver: &dyn BundleResolver,
     penv: &ParamEnv<'_>,
 ) -> anyhow::Result<Arc<DesiredInstance>> {
-    if !crate::manifest::is_dns_label(&req.name, crate::manifest::MAX_NAME_LEN) {
+    if !crate::input::manifest::is_dns_label(&req.name, crate::input::manifest::MAX_NAME_LEN) {
         bail!(
             "--name {:?}: use lowercase letters, digits and '-', at most {} characters",
             req.name,
-            crate::manifest::MAX_NAME_LEN
+            crate::input::manifest::MAX_NAME_LEN
         );
     }
     let path = std::path::absolute(&req.bundle)

@@ -25,7 +25,7 @@ pub struct KeyPair {
 impl std::fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyPair")
-            .field("private_openssh", &crate::secret::REDACTED)
+            .field("private_openssh", &crate::util::secret::REDACTED)
             .field("public_line", &self.public_line)
             .finish()
     }

@@ -1,15 +1,18 @@
 //! Desired state: manifests → [`DesiredInstance`]s, with bundles identified and params
 //! resolved. This is the only step of planning that reads files other than records.
 
+pub mod resolve;
+pub mod run;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clawspec::ClawSpec;
-use crate::manifest::{DesiredState, Port, SourceLoc, Volume};
-use crate::secret::Secret;
+use crate::input::clawspec::ClawSpec;
+use crate::input::manifest::{DesiredState, Port, SourceLoc, Volume};
+use crate::util::secret::Secret;
 
 /// Kind of `.clawbox`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -45,7 +48,7 @@ pub struct ResolvedParam {
     pub value: Secret,
     /// Whether the clawspec marks it secret.
     pub secret: bool,
-    /// Keyed digest of the value (see [`crate::digest::keyed_digest`]).
+    /// Keyed digest of the value (see [`crate::util::digest::keyed_digest`]).
     pub digest: String,
 }
 
@@ -96,11 +99,11 @@ pub struct DesiredInstance {
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::clawspec::Param;
-use crate::digest::{keyed_digest, sha256_hex};
 use crate::home::Home;
-use crate::manifest::{Claw, ClawboxRef, Diagnostic, ParamSource};
+use crate::input::clawspec::Param;
+use crate::input::manifest::{Claw, ClawboxRef, Diagnostic, ParamSource};
 use crate::plan::Observed;
+use crate::util::digest::{keyed_digest, sha256_hex};
 
 /// The CLAWID of a manifest-managed instance: `<name>-<6 hex>`, derived from the name so
 /// that plans are deterministic and a crash between "create folder" and "write record"
@@ -118,7 +121,7 @@ pub trait Prompter: Send + Sync {
     fn prompt(&self, instance: &str, param: &Param, required: bool) -> Option<String>;
 }
 
-/// Identifies bundles for the loader; the real one is [`crate::bundle`], tests may stub it.
+/// Identifies bundles for the loader; the real one is [`crate::store::bundle`], tests may stub it.
 #[async_trait::async_trait]
 pub trait BundleResolver: Send + Sync {
     /// Identify the bundle a manifest names.
@@ -160,7 +163,7 @@ pub async fn load(
     resolver: &dyn BundleResolver,
     penv: &ParamEnv<'_>,
 ) -> Desired {
-    let lr = crate::manifest::load(paths);
+    let lr = crate::input::manifest::load(paths);
     let mut out = Desired {
         diagnostics: lr.diagnostics,
         files: lr.files,
@@ -169,7 +172,7 @@ pub async fn load(
     for f in &lr.bad_files {
         match std::fs::read_to_string(f) {
             Ok(text) => {
-                for n in crate::manifest::names_in_file_best_effort(&text) {
+                for n in crate::input::manifest::names_in_file_best_effort(&text) {
                     out.protected.insert(n.clone());
                     for i in 0..64 {
                         out.protected.insert(format!("{n}-{i}"));

@@ -1,0 +1,5 @@
+//! What clawfarm remembers about instances: versioned records written atomically, and the
+//! event log.
+
+pub mod events;
+pub mod record;
