@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use clawfarm::desired::{
-    BuildSpec, BundleDesired, BundleKind, DesiredInstance, Resources, clawid_for,
+    BuildSpec, BundleDesired, BundleKind, Desired, DesiredInstance, Resources, clawid_for,
 };
 use clawfarm::driver::Driver;
 use clawfarm::driver::fake::FakeDriver;
@@ -15,10 +15,17 @@ use clawfarm::input::clawspec::{Bootstrap, ClawSpec, Image, Params};
 use clawfarm::input::manifest::{DesiredState, SourceLoc};
 use clawfarm::plan::{PlanOptions, plan};
 use clawfarm::reconcile::exec::{ExecContext, ExecOptions, execute};
-use clawfarm::reconcile::pass::plan_pass;
+use clawfarm::reconcile::pass::prepare;
 use clawfarm::state::events::EventSink;
 use clawfarm::state::record::Origin;
 use criterion::{Criterion, criterion_group, criterion_main};
+
+fn wanted(d: &[Arc<DesiredInstance>]) -> Desired {
+    Desired {
+        instances: d.to_vec(),
+        ..Desired::default()
+    }
+}
 
 fn desired(n: usize) -> Vec<Arc<DesiredInstance>> {
     let spec = Arc::new(ClawSpec {
@@ -87,7 +94,8 @@ fn bench(c: &mut Criterion) {
         let drv = Arc::new(FakeDriver::new(home.clone()));
         let d = desired(n);
         // Bring the home to the steady state once.
-        let (p, actual, _) = plan_pass(&home, &*drv, &d, &PlanOptions::default());
+        let pp = prepare(&home, &*drv, wanted(&d), false);
+        let (p, actual) = (pp.plan, pp.observed);
         let ctx = ExecContext {
             home: home.clone(),
             desired: d.iter().map(|x| (x.clawid.clone(), x.clone())).collect(),
@@ -104,13 +112,14 @@ fn bench(c: &mut Criterion) {
         };
         let r = rt.block_on(execute(&p, ctx, drv.clone() as Arc<dyn Driver>, opts));
         assert!(r.ok());
-        let (p, actual, _) = plan_pass(&home, &*drv, &d, &PlanOptions::default());
+        let pp = prepare(&home, &*drv, wanted(&d), false);
+        let (p, actual) = (pp.plan, pp.observed);
         assert!(p.is_empty(), "not steady");
 
         let mut g = c.benchmark_group(format!("steady-{n}"));
         g.sample_size(10);
         g.bench_function("observe+plan", |b| {
-            b.iter(|| plan_pass(&home, &*drv, &d, &PlanOptions::default()))
+            b.iter(|| prepare(&home, &*drv, wanted(&d), false))
         });
         g.bench_function("plan-only", |b| {
             b.iter(|| plan(&d, &actual, &PlanOptions::default()))

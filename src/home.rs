@@ -59,6 +59,12 @@ impl Home {
         Ok(())
     }
 
+    /// The lock file of instance `clawid` (outside its folder, so `rm` can delete the
+    /// folder while holding it).
+    pub fn instance_lock(&self, clawid: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{clawid}.lock"))
+    }
+
     /// The root itself.
     pub fn root(&self) -> &Path {
         &self.root

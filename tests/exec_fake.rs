@@ -6,13 +6,13 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use clawfarm::desired::DesiredInstance;
+use clawfarm::desired::{Desired, DesiredInstance};
 use clawfarm::driver::Driver;
 use clawfarm::driver::fake::FakeDriver;
 use clawfarm::home::Home;
-use clawfarm::plan::{ChangeKind, PlanOptions};
+use clawfarm::plan::ChangeKind;
 use clawfarm::reconcile::exec::{ExecOptions, NodeStatus};
-use clawfarm::reconcile::pass::{PassOptions, plan_pass, reconcile};
+use clawfarm::reconcile::pass::prepare;
 use clawfarm::state::events::EventSink;
 use clawfarm::state::record::{Origin, Phase, Record};
 use common::*;
@@ -25,13 +25,23 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// What one test pass is asked to do.
+struct PassOptions {
+    prune: bool,
+    exec: ExecOptions,
+}
+
 fn opts(prune: bool) -> PassOptions {
     PassOptions {
-        plan: PlanOptions {
-            prune,
-            ..PlanOptions::default()
-        },
+        prune,
         exec: ExecOptions::default(),
+    }
+}
+
+fn wanted(desired: &[Arc<DesiredInstance>]) -> Desired {
+    Desired {
+        instances: desired.to_vec(),
+        ..Desired::default()
     }
 }
 
@@ -41,26 +51,18 @@ fn pass(
     desired: &[Arc<DesiredInstance>],
     o: &PassOptions,
 ) -> clawfarm::reconcile::pass::PassOutcome {
-    rt().block_on(reconcile(
+    let prepared = prepare(home, &**drv, wanted(desired), o.prune);
+    rt().block_on(prepared.execute(
         home,
         drv.clone() as Arc<dyn Driver>,
-        desired,
         Origin::Manifest,
         EventSink::to_file(home.events_log()),
-        o,
+        o.exec.clone(),
     ))
 }
 
 fn pending(home: &Home, drv: &FakeDriver, desired: &[Arc<DesiredInstance>], prune: bool) -> String {
-    let (p, _, _) = plan_pass(
-        home,
-        drv,
-        desired,
-        &PlanOptions {
-            prune,
-            ..PlanOptions::default()
-        },
-    );
+    let p = prepare(home, drv, wanted(desired), prune).plan;
     if p.is_empty() {
         String::new()
     } else {
@@ -373,7 +375,7 @@ fn sweep_removes_dead_writers_temp_files_but_not_under_a_held_lock() {
     for id in [a, b] {
         std::fs::write(home.claw_dir(id).join(".record.json.tmp.999.1"), b"torn").unwrap();
     }
-    let _held = clawfarm::util::lock::lock_instance(&home, b, None).unwrap();
+    let _held = clawfarm::state::lock_instance(&home, b, None).unwrap();
     assert_eq!(clawfarm::reconcile::pass::sweep_temp_files(&home), 1);
     assert!(!home.claw_dir(a).join(".record.json.tmp.999.1").exists());
     assert!(home.claw_dir(b).join(".record.json.tmp.999.1").exists());

@@ -2,7 +2,8 @@
 //! user-data of a seed would make cloud-init write, and reads its reports with the host
 //! parser. Needs `python3` (skipped with a message when it is missing).
 
-use clawfarm::driver::qemu::guest::{self, GuestPhase, StepState};
+use clawfarm::driver::boot::{GuestPhase, StepState};
+use clawfarm::driver::qemu::guest;
 use clawfarm::driver::qemu::seed::{self, ProvisionStep, SeedInput};
 use clawfarm::util::secret::Secret;
 use std::fs;

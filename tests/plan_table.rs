@@ -11,7 +11,7 @@ use common::*;
 struct Case {
     name: &'static str,
     desired: Vec<D>,
-    actual: Vec<clawfarm::plan::Observed>,
+    actual: Vec<clawfarm::observe::Observed>,
     prune: bool,
     protected: &'static [&'static str],
     /// `kind name (reasons)` per changed instance, in name order.

@@ -102,7 +102,6 @@ use std::collections::{BTreeSet, HashMap};
 use crate::home::Home;
 use crate::input::clawspec::Param;
 use crate::input::manifest::{Claw, ClawboxRef, Diagnostic, ParamSource};
-use crate::plan::Observed;
 use crate::util::digest::{keyed_digest, sha256_hex};
 
 /// The CLAWID of a manifest-managed instance: `<name>-<6 hex>`, derived from the name so
@@ -389,58 +388,6 @@ pub fn instances_of(
         diags.dedup();
         Err(diags)
     }
-}
-
-/// Host-port problems, found at plan time: a port claimed by two instances (naming both),
-/// or taken on 127.0.0.1 by a process that is not one of our running instances.
-/// Instances with a problem are removed from `desired` and protected.
-pub fn check_ports(desired: &mut Desired, actual: &[Observed]) {
-    let mut owner: BTreeMap<u16, &DesiredInstance> = BTreeMap::new();
-    let mut bad: BTreeSet<String> = BTreeSet::new();
-    let mut diags = Vec::new();
-    for d in &desired.instances {
-        for p in &d.resources.ports {
-            if let Some(o) = owner.get(&p.host) {
-                diags.push(Diagnostic {
-                    loc: d.loc.clone(),
-                    message: format!(
-                        "host port {} of {} is also claimed by {} ({})",
-                        p.host, d.name, o.name, o.loc
-                    ),
-                });
-                bad.insert(d.name.clone());
-            } else {
-                owner.insert(p.host, d);
-            }
-        }
-    }
-    // Ports held by our own running VMs are expected to be busy.
-    let ours: BTreeSet<u16> = actual
-        .iter()
-        .filter(|o| o.is_running())
-        .flat_map(|o| o.record.resources.ports.iter().map(|p| p.host))
-        .collect();
-    for (port, d) in &owner {
-        if ours.contains(port) || bad.contains(&d.name) {
-            continue;
-        }
-        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", *port)) {
-            diags.push(Diagnostic {
-                loc: d.loc.clone(),
-                message: format!(
-                    "host port {port} of {} is already in use on 127.0.0.1 ({e})",
-                    d.name
-                ),
-            });
-            bad.insert(d.name.clone());
-        }
-    }
-    if !bad.is_empty() {
-        desired.instances.retain(|d| !bad.contains(&d.name));
-        desired.protected.extend(bad);
-    }
-    desired.diagnostics.extend(diags);
-    desired.diagnostics.sort();
 }
 
 /// The port whose answer is part of readiness and that `ps` shows as GATEWAY: the one

@@ -6,7 +6,9 @@
 //! `CLAWFARM_FAKE_FAIL=verb:clawid-or-name-prefix[,…]` makes that action fail, and
 //! `CLAWFARM_FAKE_DELAY_MS=N` makes every action take N ms (for crash tests).
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +16,8 @@ use anyhow::{Context, bail};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{Driver, DriverError, GuestHealth, Liveness};
+use super::boot::{GuestEvent, GuestPhase, GuestStatus, StepState};
+use super::{Driver, DriverError, GuestHealth, Liveness, LogKind, StopOutcome};
 use crate::desired::{BundleDesired, DesiredInstance};
 use crate::home::Home;
 use crate::input::clawspec::Image;
@@ -132,6 +135,20 @@ impl FakeDriver {
     }
 }
 
+impl FakeDriver {
+    /// Append a line to a fake log (best effort, like a real console).
+    fn log(&self, clawid: &str, kind: LogKind, line: &str) {
+        let path = self.log_path(clawid, kind);
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
 fn parse_fail(s: &str) -> Vec<(String, String)> {
     s.split(',')
         .filter_map(|item| {
@@ -211,6 +228,16 @@ impl Driver for FakeDriver {
             vm.running = true;
             vm.boot += 1;
             self.set_vm(&rec.clawid, &vm)?;
+            self.log(
+                &rec.clawid,
+                LogKind::Serial,
+                &format!("fake VM boot {} started", vm.boot),
+            );
+            self.log(
+                &rec.clawid,
+                LogKind::Vmm,
+                &format!("fake VM boot {} started", vm.boot),
+            );
         }
         Ok(Runtime {
             process: Some(ProcessId {
@@ -235,15 +262,21 @@ impl Driver for FakeDriver {
         }
     }
 
-    async fn stop(&self, rec: &Record) -> Result<(), DriverError> {
+    async fn stop(&self, rec: &Record) -> Result<StopOutcome, DriverError> {
         self.enter("stop", &rec.clawid).await?;
         if let Some(mut vm) = self.vm(&rec.clawid)
             && vm.running
         {
             vm.running = false;
             self.set_vm(&rec.clawid, &vm)?;
+            self.log(
+                &rec.clawid,
+                LogKind::Vmm,
+                &format!("fake VM boot {} stopped", vm.boot),
+            );
+            return Ok(StopOutcome::PoweredOff(Duration::ZERO));
         }
-        Ok(())
+        Ok(StopOutcome::NotRunning)
     }
 
     async fn remove(&self, clawid: &str, _purge: bool) -> Result<(), DriverError> {
@@ -288,5 +321,77 @@ impl Driver for FakeDriver {
         } else {
             GuestHealth::Ready
         }
+    }
+
+    fn live_runtime(&self, rec: &Record) -> Option<Runtime> {
+        match self.probe(rec) {
+            Liveness::Running(p) => Some(Runtime {
+                process: Some(p),
+                ..rec.runtime.clone()
+            }),
+            _ => None,
+        }
+    }
+
+    fn boot_report(&self, clawid: &str, nonce: &str) -> std::io::Result<GuestStatus> {
+        let mut st = GuestStatus::default();
+        let Some(vm) = self.vm(clawid).filter(|vm| vm.running) else {
+            return Ok(st);
+        };
+        if nonce != format!("fake-{}", vm.boot) {
+            return Ok(st);
+        }
+        let ev = |phase, state, code| GuestEvent {
+            phase,
+            state,
+            code,
+            tail: None,
+            ts: None,
+        };
+        st.booted = true;
+        st.events
+            .push(ev(GuestPhase::CloudInit, StepState::Started, None));
+        let bad = self
+            .unhealthy
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|p| clawid.starts_with(p.as_str()));
+        if bad {
+            let phase = GuestPhase::Provision {
+                step: 0,
+                name: None,
+            };
+            st.events.push(GuestEvent {
+                tail: Some("injected".into()),
+                ..ev(phase.clone(), StepState::Failed, Some(3))
+            });
+            st.failed = Some(super::boot::FailedPhase {
+                phase: phase.to_string(),
+                code: 3,
+                tail: "injected".into(),
+            });
+        } else {
+            st.events.push(ev(GuestPhase::Done, StepState::Ok, Some(0)));
+            st.done = true;
+        }
+        let last = st.events.last().expect("one event");
+        st.last = Some(last.phase.to_string());
+        st.last_state = Some(last.state);
+        Ok(st)
+    }
+
+    fn log_path(&self, clawid: &str, kind: LogKind) -> PathBuf {
+        self.dir(clawid).join(match kind {
+            LogKind::Serial => "fake-serial.log",
+            LogKind::Vmm => "fake-vmm.log",
+        })
+    }
+
+    fn ssh_command(&self, rec: &Record, _command: &[String]) -> Result<Command, DriverError> {
+        bail!(
+            "instance {} runs on the fake driver (CLAWFARM_DRIVER=fake): it has no guest to log in to",
+            rec.clawid
+        )
     }
 }

@@ -5,12 +5,19 @@
 //! Every method must check before it acts: called twice, or after a crash half-way, it
 //! converges instead of duplicating work.
 
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::desired::{BundleDesired, DesiredInstance};
+use crate::driver::boot::GuestStatus;
 use crate::input::clawspec::Image;
 use crate::state::record::{ProcessId, Record, Runtime};
 
+pub mod boot;
 pub mod fake;
 pub mod qemu;
 
@@ -49,8 +56,65 @@ pub enum GuestHealth {
     },
 }
 
+/// How a stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// Nothing was running.
+    NotRunning,
+    /// The guest powered off after being asked to (graceful).
+    PoweredOff(Duration),
+    /// The guest did not power off in time; the VM monitor ended the VM (QMP `quit`).
+    Quit(Duration),
+    /// The monitor was unreachable; SIGTERM ended the VM.
+    Terminated(Duration),
+    /// Nothing else worked; SIGKILL ended the VM.
+    Killed(Duration),
+}
+
+impl StopOutcome {
+    /// True when the guest shut itself down (or nothing ran).
+    pub fn graceful(&self) -> bool {
+        matches!(self, StopOutcome::PoweredOff(_) | StopOutcome::NotRunning)
+    }
+}
+
+impl fmt::Display for StopOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopOutcome::NotRunning => f.write_str("not running"),
+            StopOutcome::PoweredOff(d) => write!(
+                f,
+                "guest powered off after system_powerdown ({:.1}s)",
+                d.as_secs_f64()
+            ),
+            StopOutcome::Quit(d) => write!(
+                f,
+                "guest did not power off; QEMU ended by QMP quit ({:.1}s)",
+                d.as_secs_f64()
+            ),
+            StopOutcome::Terminated(d) => write!(
+                f,
+                "QMP unreachable; QEMU ended by SIGTERM ({:.1}s)",
+                d.as_secs_f64()
+            ),
+            StopOutcome::Killed(d) => {
+                write!(f, "QEMU ended by SIGKILL ({:.1}s)", d.as_secs_f64())
+            }
+        }
+    }
+}
+
+/// A log file of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogKind {
+    /// The serial console of the current boot.
+    Serial,
+    /// The VM monitor's own output, plus one line per start and stop.
+    Vmm,
+}
+
 /// The effects the engine needs. Methods take the data they need and nothing more;
-/// records are written by the executor, not by drivers.
+/// records are written by the executor (and [`crate::reconcile::ops`]), not by drivers.
 #[async_trait]
 pub trait Driver: Send + Sync {
     /// Short name (`fake`, `qemu`) for logs and `ps`.
@@ -75,8 +139,9 @@ pub trait Driver: Send + Sync {
     /// Wait until the guest reports ready, or fail with the failed phase or a timeout.
     async fn wait_ready(&self, rec: &Record) -> Result<(), DriverError>;
 
-    /// Stop the VM: graceful first, forced after a timeout. Stopping a stopped VM is fine.
-    async fn stop(&self, rec: &Record) -> Result<(), DriverError>;
+    /// Stop the VM: graceful first, forced after a timeout. Stopping a stopped VM is fine
+    /// ([`StopOutcome::NotRunning`]).
+    async fn stop(&self, rec: &Record) -> Result<StopOutcome, DriverError>;
 
     /// Remove the instance folder (a stopped VM). Volumes are kept unless `purge`.
     async fn remove(&self, clawid: &str, purge: bool) -> Result<(), DriverError>;
@@ -86,4 +151,42 @@ pub trait Driver: Send + Sync {
 
     /// Read what the guest reported in the current boot of `rec`.
     fn guest_health(&self, rec: &Record) -> GuestHealth;
+
+    /// The runtime of the live VM of `rec` as the driver knows it now (it may have been
+    /// adopted after the record was written); `None` when it does not run.
+    fn live_runtime(&self, rec: &Record) -> Option<Runtime>;
+
+    /// The bootstrap report of boot `nonce` of instance `clawid` (empty before the guest
+    /// says anything).
+    fn boot_report(&self, clawid: &str, nonce: &str) -> std::io::Result<GuestStatus>;
+
+    /// Where a log of instance `clawid` is written (it may not exist yet).
+    fn log_path(&self, clawid: &str, kind: LogKind) -> PathBuf;
+
+    /// The command that logs in to the running guest of `rec` as user `claw` (or runs
+    /// `command` there). Drivers without a guest to log in to refuse with a reason.
+    fn ssh_command(&self, rec: &Record, command: &[String]) -> Result<Command, DriverError>;
+}
+
+/// The driver for `home`: the fake when `CLAWFARM_DRIVER=fake` (tests), else QEMU,
+/// configured from the environment, with `accel` (the `--accel` flag) winning over
+/// `CLAWFARM_ACCEL`.
+pub fn from_env(
+    home: &crate::home::Home,
+    accel: Option<qemu::accel::AccelMode>,
+) -> Result<std::sync::Arc<dyn Driver>, DriverError> {
+    match std::env::var("CLAWFARM_DRIVER").as_deref() {
+        Ok("fake") => Ok(std::sync::Arc::new(fake::FakeDriver::new(home.clone()))),
+        Ok("qemu") | Err(_) => {
+            let mut cfg = qemu::QemuConfig::from_env()?;
+            if let Some(a) = accel {
+                cfg.accel = a;
+            }
+            Ok(std::sync::Arc::new(qemu::QemuDriver::with_config(
+                home.clone(),
+                cfg,
+            )))
+        }
+        Ok(other) => anyhow::bail!("unknown CLAWFARM_DRIVER {other:?} (expected qemu or fake)"),
+    }
 }

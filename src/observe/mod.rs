@@ -1,11 +1,35 @@
 //! Actual state: the records under `claws/`, each refreshed by a probe of the process it
 //! names. A pid alone is never trusted: the driver checks the process really is this
-//! instance's VM.
+//! instance's VM. Also the read-only views built on that observation: an instance's
+//! status as `ps` shows it, lookup by CLAWID or name, and which instances use which
+//! stored images.
 
-use crate::driver::Driver;
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::desired::gateway_port;
+use crate::driver::{Driver, GuestHealth, Liveness};
 use crate::home::Home;
-use crate::plan::Observed;
-use crate::state::record::{Record, RecordError};
+use crate::state::record::{Phase, Record, RecordError};
+use crate::store::bundle::{StoredItem, StoredKind};
+
+/// An actual instance: its record and what a probe of its process found.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// The record.
+    pub record: Record,
+    /// Liveness of the process it names.
+    pub live: Liveness,
+}
+
+impl Observed {
+    /// True when its QEMU is running.
+    pub fn is_running(&self) -> bool {
+        matches!(self.live, Liveness::Running(_))
+    }
+}
 
 /// Read every record and probe its process. Corrupt records come back as errors; the
 /// instances they describe are left alone by the planner (it never sees them).
@@ -18,4 +42,159 @@ pub fn observe(home: &Home, driver: &dyn Driver) -> (Vec<Observed>, Vec<RecordEr
         .map(|(record, live)| Observed { record, live })
         .collect();
     (observed, errors)
+}
+
+/// Status of one observed instance (`booting`, `ready`, `unhealthy`, `stopped`,
+/// `exited`, `creating`, `failed`) and its last error, with the guest's own report when
+/// it runs.
+pub fn status_of(driver: &dyn Driver, o: &Observed) -> (String, Option<String>) {
+    let r = &o.record;
+    match &o.live {
+        Liveness::Running(_) => match driver.guest_health(r) {
+            GuestHealth::Ready => ("ready".into(), r.last_error.clone()),
+            GuestHealth::Booting { .. } if r.phase == Phase::Unhealthy => {
+                ("unhealthy".into(), r.last_error.clone())
+            }
+            GuestHealth::Booting { last } => {
+                ("booting".into(), last.map(|l| format!("last phase: {l}")))
+            }
+            GuestHealth::Unhealthy { phase, code, tail } => (
+                "unhealthy".into(),
+                Some(format!("{phase} failed (exit {code}){}", last_line(&tail))),
+            ),
+        },
+        Liveness::Exited => ("exited".into(), r.last_error.clone()),
+        Liveness::NotStarted => (
+            match r.phase {
+                Phase::Creating => "creating",
+                Phase::Failed => "failed",
+                _ => "stopped",
+            }
+            .into(),
+            r.last_error.clone(),
+        ),
+    }
+}
+
+fn last_line(tail: &str) -> String {
+    tail.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| format!(": {}", l.trim()))
+        .unwrap_or_default()
+}
+
+/// One instance as `ps -o json` (and the dashboard) shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceRow {
+    /// CLAWID.
+    pub clawid: String,
+    /// Instance name.
+    pub name: String,
+    /// booting | ready | unhealthy | stopped | exited | creating | failed.
+    pub status: String,
+    /// `127.0.0.1:PORT` of the gateway, if any.
+    pub gateway: Option<String>,
+    /// QEMU pid when running.
+    pub pid: Option<u32>,
+    /// Last record update.
+    #[serde(with = "crate::state::record::rfc3339")]
+    pub updated: SystemTime,
+    /// Last error (failed phase, exit code, log tail for unhealthy guests).
+    pub last_error: Option<String>,
+    /// Accelerator.
+    pub accel: Option<String>,
+    /// Restarts after unexpected exits.
+    pub restarts: u32,
+}
+
+/// The row of one observed instance.
+pub fn row(driver: &dyn Driver, o: &Observed) -> InstanceRow {
+    let (status, last_error) = status_of(driver, o);
+    let r = &o.record;
+    InstanceRow {
+        clawid: r.clawid.clone(),
+        name: r.name.clone(),
+        status,
+        gateway: gateway_port(&r.resources).map(|p| format!("127.0.0.1:{}", p.host)),
+        pid: match o.live {
+            Liveness::Running(ref p) if p.pid != 0 => Some(p.pid),
+            _ => None,
+        },
+        updated: r.updated_at,
+        last_error,
+        accel: r.runtime.accel.clone(),
+        restarts: r.restart_count,
+    }
+}
+
+/// Every instance of `home` as a row, plus the records that could not be read.
+pub fn rows(home: &Home, driver: &dyn Driver) -> (Vec<InstanceRow>, Vec<RecordError>) {
+    let (actual, errors) = observe(home, driver);
+    (actual.iter().map(|o| row(driver, o)).collect(), errors)
+}
+
+/// Errors looking an instance up.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// Nothing matches.
+    #[error("no instance {0:?} (see clawfarm ps)")]
+    NotFound(String),
+    /// A prefix matches several.
+    #[error("{id:?} matches {} instances: {}", matches.len(), matches.join(", "))]
+    Ambiguous {
+        /// What was asked for.
+        id: String,
+        /// The CLAWIDs it matches.
+        matches: Vec<String>,
+    },
+}
+
+/// Find one record by CLAWID, name, or unique CLAWID prefix.
+pub fn find_record(home: &Home, id: &str) -> Result<Record, LookupError> {
+    let (recs, _) = Record::read_all(home);
+    if let Some(r) = recs.iter().find(|r| r.clawid == id) {
+        return Ok(r.clone());
+    }
+    let by_name: Vec<&Record> = recs.iter().filter(|r| r.name == id).collect();
+    if by_name.len() == 1 {
+        return Ok(by_name[0].clone());
+    }
+    let by_prefix: Vec<&Record> = recs.iter().filter(|r| r.clawid.starts_with(id)).collect();
+    match by_prefix.len() {
+        1 => Ok(by_prefix[0].clone()),
+        0 => Err(LookupError::NotFound(id.to_string())),
+        _ => Err(LookupError::Ambiguous {
+            id: id.to_string(),
+            matches: by_prefix.iter().map(|r| r.clawid.clone()).collect(),
+        }),
+    }
+}
+
+/// Which instances use each stored item: a bundle by its digest, and through their
+/// bundles, each blob. Sorted, without duplicates.
+pub fn image_users(items: &[StoredItem], records: &[Record]) -> BTreeMap<String, Vec<String>> {
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in records {
+        users
+            .entry(r.build.bundle.clone())
+            .or_default()
+            .push(r.clawid.clone());
+    }
+    for it in items {
+        if it.kind == StoredKind::Bundle {
+            let ids = users.get(&it.digest).cloned().unwrap_or_default();
+            for b in &it.blobs {
+                users
+                    .entry(b.clone())
+                    .or_default()
+                    .extend(ids.iter().cloned());
+            }
+        }
+    }
+    for v in users.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    users
 }

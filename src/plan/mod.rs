@@ -19,6 +19,7 @@ use crate::desired::{BundleDesired, DesiredInstance};
 use crate::driver::Liveness;
 use crate::input::clawspec::Image;
 use crate::input::manifest::DesiredState;
+use crate::observe::Observed;
 use crate::state::record::{Origin, Phase, Record};
 
 /// One idempotent step. Instance actions name the instance by CLAWID.
@@ -180,22 +181,6 @@ pub struct Change {
     /// Nodes of this instance's own chain, in order.
     #[serde(skip)]
     pub nodes: Vec<NodeIndex>,
-}
-
-/// An actual instance: its record and what a probe of its process found.
-#[derive(Debug, Clone)]
-pub struct Observed {
-    /// The record.
-    pub record: Record,
-    /// Liveness of the process it names.
-    pub live: Liveness,
-}
-
-impl Observed {
-    /// True when its QEMU is running.
-    pub fn is_running(&self) -> bool {
-        matches!(self.live, Liveness::Running(_))
-    }
 }
 
 /// Planner options.

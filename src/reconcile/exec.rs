@@ -21,7 +21,6 @@ use crate::input::manifest::DesiredState;
 use crate::plan::{Action, ChangeKind, Plan};
 use crate::state::events::{Event, EventSink};
 use crate::state::record::{Origin, Phase, RECORD_VERSION, Record, Runtime};
-use crate::util::lock;
 
 /// Everything the executor needs besides the plan.
 #[derive(Clone)]
@@ -363,16 +362,16 @@ fn adopt_desired(ctx: &ExecContext, r: &mut Record, d: &DesiredInstance) {
 }
 
 fn commit_update(s: &Shared, clawid: &str) -> Result<(), DriverError> {
-    let _l = lock::lock_instance(&s.ctx.home, clawid, s.opts.lock_timeout)?;
+    let _l = crate::state::lock_instance(&s.ctx.home, clawid, s.opts.lock_timeout)?;
     let mut recs = s.records.lock().expect("records lock");
     let (Some(r), Some(d)) = (recs.get_mut(clawid), s.ctx.desired.get(clawid)) else {
         return Ok(());
     };
     adopt_desired(&s.ctx, r, d);
     if d.state == DesiredState::Stopped && r.phase != Phase::Creating {
-        r.phase = Phase::Stopped;
+        r.mark_stopped("its manifest (state: stopped)");
     }
-    r.updated_at = now();
+    r.touch();
     r.write(&s.ctx.home)?;
     Ok(())
 }
@@ -435,7 +434,8 @@ async fn run_node_inner(s: &Arc<Shared>, action: &Action) -> Result<NodeStatus, 
     let timeout = s.opts.lock_timeout;
     let id2 = clawid.clone();
     let _lock =
-        tokio::task::spawn_blocking(move || lock::lock_instance(&home, &id2, timeout)).await??;
+        tokio::task::spawn_blocking(move || crate::state::lock_instance(&home, &id2, timeout))
+            .await??;
     // Every writer of an instance folder holds this lock, so temp files found now were left
     // by a writer that died mid-write (kill -9): sweep them.
     if let Err(e) = crate::util::fsutil::clean_temp_files(&s.ctx.home.claw_dir(&clawid)) {
@@ -465,16 +465,11 @@ fn record_failure(s: &Shared, action: &Action, clawid: &str, e: &DriverError) {
         return;
     }
     let msg = format!("{action}: {e:#}");
-    r.phase = if matches!(action, Action::WaitReady { .. }) {
-        Phase::Unhealthy
-    } else if r.phase == Phase::Creating {
-        Phase::Creating
+    if matches!(action, Action::WaitReady { .. }) {
+        r.mark_unhealthy(action.verb(), msg);
     } else {
-        Phase::Failed
-    };
-    r.set_condition("Ready", "false", action.verb(), &msg);
-    r.last_error = Some(msg);
-    r.updated_at = now();
+        r.mark_failed(action.verb(), msg);
+    }
     if let Err(e) = r.write(&s.ctx.home) {
         tracing::warn!("{e:#}");
     }
@@ -507,10 +502,7 @@ async fn instance_action(
             if let Some(d) = desired.filter(|d| d.state == DesiredState::Stopped) {
                 adopt_desired(&s.ctx, &mut r, d);
             }
-            r.phase = Phase::Stopped;
-            r.runtime.process = None;
-            r.set_condition("Ready", "false", "Stopped", "stopped by clawfarm");
-            r.updated_at = now();
+            r.mark_stopped("clawfarm");
             save(r)?;
         }
         Action::Remove { .. } => {
@@ -554,8 +546,7 @@ async fn instance_action(
             if d.state == DesiredState::Stopped {
                 // End of a create chain for a stopped instance.
                 adopt_desired(&s.ctx, &mut r, d);
-                r.phase = Phase::Stopped;
-                r.updated_at = now();
+                r.mark_stopped("its manifest (state: stopped)");
                 save(r)?;
             }
         }
@@ -565,31 +556,14 @@ async fn instance_action(
                 adopt_desired(&s.ctx, &mut r, d);
             }
             let rt = s.driver.start(&r).await?;
-            r.runtime = rt;
-            r.phase = Phase::Booting;
-            r.last_error = None;
-            r.set_condition(
-                "Ready",
-                "false",
-                "Booting",
-                "VM started, waiting for the guest",
-            );
-            r.updated_at = now();
+            r.mark_booting(rt);
             save(r)?;
         }
         Action::WaitReady { .. } => {
             let r = need_record(current)?;
             s.driver.wait_ready(&r).await?;
             let mut r = r;
-            r.phase = Phase::Ready;
-            r.last_error = None;
-            r.set_condition(
-                "Ready",
-                "true",
-                "GuestReady",
-                "every bootstrap phase succeeded",
-            );
-            r.updated_at = now();
+            r.mark_ready();
             save(r)?;
         }
         Action::ImportBundle { .. } | Action::FetchBlob { .. } => unreachable!("shared nodes"),

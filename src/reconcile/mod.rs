@@ -2,5 +2,6 @@
 //! walks the plan's DAG, and watch mode, which runs passes continuously.
 
 pub mod exec;
+pub mod ops;
 pub mod pass;
 pub mod watch;

@@ -1,26 +1,36 @@
-//! One reconcile pass: observe → plan → execute. Used by `apply`, `watch` and tests.
-//! Returns data (kube-runtime style): the plan, the report, and when to look again.
+//! One reconcile pass: observe → check ports → plan → execute. This is the one place a
+//! pass is built; `plan`, `apply`, `run` and `watch` all go through [`prepare`], and all
+//! but `plan` then call [`Prepared::execute`]. Returns data (kube-runtime style): the
+//! plan, the report, and when to look again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::desired::DesiredInstance;
+use crate::desired::{Desired, DesiredInstance};
 use crate::driver::Driver;
 use crate::home::Home;
-use crate::observe::observe;
-use crate::plan::{Observed, Plan, PlanOptions, plan};
+use crate::input::manifest::Diagnostic;
+use crate::observe::{Observed, observe};
+use crate::plan::{Plan, PlanOptions, plan};
 use crate::reconcile::exec::{ExecContext, ExecOptions, Report, execute};
 use crate::state::events::EventSink;
 use crate::state::record::{Origin, RecordError};
 
-/// Options of one pass.
-#[derive(Debug, Clone, Default)]
-pub struct PassOptions {
-    /// Planner options (prune, protected names).
-    pub plan: PlanOptions,
-    /// Executor options.
-    pub exec: ExecOptions,
+/// A pass that has observed and planned, ready to execute (or to show, for `plan`).
+#[derive(Debug)]
+pub struct Prepared {
+    /// The desired state, with port problems added to its diagnostics (and the instances
+    /// concerned removed and protected).
+    pub desired: Desired,
+    /// The one observation the plan was made from.
+    pub observed: Vec<Observed>,
+    /// Records that could not be read (their instances are left alone).
+    pub record_errors: Vec<RecordError>,
+    /// The plan.
+    pub plan: Plan,
+    /// `--prune` was asked for but refused, because some input could not be read.
+    pub prune_refused: bool,
 }
 
 /// What a pass did.
@@ -30,27 +40,82 @@ pub struct PassOutcome {
     pub plan: Plan,
     /// What happened.
     pub report: Report,
+    /// Problems of the input (manifests, ports); their instances were left alone.
+    pub diagnostics: Vec<Diagnostic>,
     /// Records that could not be read (their instances were left alone).
     pub record_errors: Vec<RecordError>,
     /// When to reconcile again even without a file event (`None` = wait for events/resync).
     pub requeue_after: Option<Duration>,
 }
 
-/// Observe and plan, without executing. Desired instances whose record is unreadable are
-/// dropped from the plan (and their names protected), so a corrupt record never leads to
-/// a second VM for the same instance.
-pub fn plan_pass(
-    home: &Home,
-    driver: &dyn Driver,
-    desired: &[Arc<DesiredInstance>],
-    opts: &PlanOptions,
-) -> (Plan, Vec<Observed>, Vec<RecordError>) {
-    let (actual, errors) = observe(home, driver);
-    let p = plan_observed(desired, &actual, &errors, opts);
-    (p, actual, errors)
+impl PassOutcome {
+    /// True when every action succeeded and the input had no problem.
+    pub fn ok(&self) -> bool {
+        self.report.ok() && self.diagnostics.is_empty()
+    }
 }
 
-/// Plan against an observation already made (one observation per command).
+/// Observe, check host ports, and plan; changes nothing. With `prune`, instances whose
+/// manifest is gone are deleted, unless some input could not be read at all.
+pub fn prepare(home: &Home, driver: &dyn Driver, mut desired: Desired, prune: bool) -> Prepared {
+    let (observed, record_errors) = observe(home, driver);
+    check_ports(&mut desired, &observed);
+    let opts = PlanOptions {
+        prune: prune && !desired.incomplete,
+        protected: desired.protected.clone(),
+    };
+    let plan = plan_observed(&desired.instances, &observed, &record_errors, &opts);
+    Prepared {
+        prune_refused: prune && desired.incomplete,
+        desired,
+        observed,
+        record_errors,
+        plan,
+    }
+}
+
+impl Prepared {
+    /// Execute the plan: ready nodes run concurrently up to the parallelism; a failure
+    /// skips what depends on it and nothing else.
+    pub async fn execute(
+        self,
+        home: &Home,
+        driver: Arc<dyn Driver>,
+        origin: Origin,
+        events: EventSink,
+        opts: ExecOptions,
+    ) -> PassOutcome {
+        let ctx = ExecContext {
+            home: home.clone(),
+            desired: self
+                .desired
+                .instances
+                .iter()
+                .map(|d| (d.clawid.clone(), d.clone()))
+                .collect(),
+            records: self
+                .observed
+                .into_iter()
+                .map(|o| (o.record.clawid.clone(), o.record))
+                .collect(),
+            origin,
+            events,
+        };
+        let report = execute(&self.plan, ctx, driver, opts).await;
+        let requeue_after = (!report.ok()).then_some(Duration::from_secs(10));
+        PassOutcome {
+            plan: self.plan,
+            report,
+            diagnostics: self.desired.diagnostics,
+            record_errors: self.record_errors,
+            requeue_after,
+        }
+    }
+}
+
+/// Plan against an observation already made. Desired instances whose record is
+/// unreadable are dropped from the plan (and their names protected), so a corrupt record
+/// never leads to a second VM for the same instance.
 pub fn plan_observed(
     desired: &[Arc<DesiredInstance>],
     actual: &[Observed],
@@ -83,67 +148,56 @@ pub fn plan_observed(
     plan(&desired, actual, &opts)
 }
 
-/// One full pass: plan against the current state and execute the plan.
-pub async fn reconcile(
-    home: &Home,
-    driver: Arc<dyn Driver>,
-    desired: &[Arc<DesiredInstance>],
-    origin: Origin,
-    events: EventSink,
-    opts: &PassOptions,
-) -> PassOutcome {
-    let (actual, record_errors) = observe(home, &*driver);
-    reconcile_observed(
-        home,
-        driver,
-        desired,
-        actual,
-        record_errors,
-        origin,
-        events,
-        opts,
-    )
-    .await
-}
-
-/// [`reconcile`] against an observation already made (one observation per command).
-#[allow(clippy::too_many_arguments)]
-pub async fn reconcile_observed(
-    home: &Home,
-    driver: Arc<dyn Driver>,
-    desired: &[Arc<DesiredInstance>],
-    actual: Vec<Observed>,
-    record_errors: Vec<RecordError>,
-    origin: Origin,
-    events: EventSink,
-    opts: &PassOptions,
-) -> PassOutcome {
-    let p = plan_observed(desired, &actual, &record_errors, &opts.plan);
-    let ctx = ExecContext {
-        home: home.clone(),
-        desired: desired
-            .iter()
-            .map(|d| (d.clawid.clone(), d.clone()))
-            .collect(),
-        records: actual
-            .into_iter()
-            .map(|o| (o.record.clawid.clone(), o.record))
-            .collect(),
-        origin,
-        events,
-    };
-    let report = execute(&p, ctx, driver, opts.exec.clone()).await;
-    let requeue_after = if report.ok() {
-        None
-    } else {
-        Some(Duration::from_secs(10))
-    };
-    PassOutcome {
-        plan: p,
-        report,
-        record_errors,
-        requeue_after,
+/// Host-port problems, found at plan time: a port claimed by two instances (naming both),
+/// or taken on 127.0.0.1 by a process that is not one of our running instances.
+/// Instances with a problem are removed from `desired` and protected.
+pub fn check_ports(desired: &mut Desired, actual: &[Observed]) {
+    let mut owner: BTreeMap<u16, &DesiredInstance> = BTreeMap::new();
+    let mut bad: BTreeSet<String> = BTreeSet::new();
+    let mut diags = Vec::new();
+    for d in &desired.instances {
+        for p in &d.resources.ports {
+            if let Some(o) = owner.get(&p.host) {
+                diags.push(Diagnostic {
+                    loc: d.loc.clone(),
+                    message: format!(
+                        "host port {} of {} is also claimed by {} ({})",
+                        p.host, d.name, o.name, o.loc
+                    ),
+                });
+                bad.insert(d.name.clone());
+            } else {
+                owner.insert(p.host, d);
+            }
+        }
     }
+    // Ports held by our own running VMs are expected to be busy.
+    let ours: BTreeSet<u16> = actual
+        .iter()
+        .filter(|o| o.is_running())
+        .flat_map(|o| o.record.resources.ports.iter().map(|p| p.host))
+        .collect();
+    for (port, d) in &owner {
+        if ours.contains(port) || bad.contains(&d.name) {
+            continue;
+        }
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", *port)) {
+            diags.push(Diagnostic {
+                loc: d.loc.clone(),
+                message: format!(
+                    "host port {port} of {} is already in use on 127.0.0.1 ({e})",
+                    d.name
+                ),
+            });
+            bad.insert(d.name.clone());
+        }
+    }
+    if !bad.is_empty() {
+        desired.instances.retain(|d| !bad.contains(&d.name));
+        desired.protected.extend(bad);
+    }
+    desired.diagnostics.extend(diags);
+    desired.diagnostics.sort();
 }
 
 /// Remove temp files left in instance folders by writers that died mid-write. Each folder
@@ -156,7 +210,7 @@ pub fn sweep_temp_files(home: &Home) -> usize {
     let mut n = 0;
     for e in rd.flatten() {
         let id = e.file_name().to_string_lossy().into_owned();
-        if let Ok(_l) = crate::util::lock::lock_instance(home, &id, Some(Duration::ZERO)) {
+        if let Ok(_l) = crate::state::lock_instance(home, &id, Some(Duration::ZERO)) {
             n += crate::util::fsutil::clean_temp_files(&e.path()).unwrap_or(0);
         }
     }

@@ -22,12 +22,11 @@ use crate::desired::{Desired, DesiredInstance};
 use crate::driver::{Driver, Liveness};
 use crate::home::Home;
 use crate::input::manifest::DesiredState;
-use crate::plan::{Observed, PlanOptions};
+use crate::observe::Observed;
 use crate::reconcile::exec::ExecOptions;
-use crate::reconcile::pass::{self, PassOptions};
+use crate::reconcile::pass;
 use crate::state::events::{Event, EventSink};
 use crate::state::record::{Origin, Phase, Record};
-use crate::util::lock;
 
 /// Restart backoff policy.
 #[derive(Debug, Clone, Copy)]
@@ -312,12 +311,12 @@ fn backoff_gate(
 }
 
 fn update_record(home: &Home, clawid: &str, f: impl FnOnce(&mut Record)) {
-    let Ok(_l) = lock::lock_instance(home, clawid, Some(Duration::from_secs(5))) else {
+    let Ok(_l) = crate::state::lock_instance(home, clawid, Some(Duration::from_secs(5))) else {
         return;
     };
     if let Ok(mut r) = Record::read(&Record::path(home, clawid)) {
         f(&mut r);
-        r.updated_at = SystemTime::now();
+        r.touch();
         if let Err(e) = r.write(home) {
             tracing::warn!("{e}");
         }
@@ -336,16 +335,7 @@ pub fn refresh_phases(home: &Home, driver: &dyn Driver, events: &EventSink) -> b
         }
         match driver.guest_health(&o.record) {
             GuestHealth::Ready => {
-                update_record(home, &o.record.clawid, |r| {
-                    r.phase = Phase::Ready;
-                    r.last_error = None;
-                    r.set_condition(
-                        "Ready",
-                        "true",
-                        "GuestReady",
-                        "every bootstrap phase succeeded",
-                    );
-                });
+                update_record(home, &o.record.clawid, |r| r.mark_ready());
                 events.emit(Event::new(
                     &o.record.clawid,
                     "ready",
@@ -356,9 +346,7 @@ pub fn refresh_phases(home: &Home, driver: &dyn Driver, events: &EventSink) -> b
             GuestHealth::Unhealthy { phase, code, .. } => {
                 let msg = format!("guest phase {phase} failed with exit code {code}");
                 update_record(home, &o.record.clawid, |r| {
-                    r.phase = Phase::Unhealthy;
-                    r.set_condition("Ready", "false", "PhaseFailed", &msg);
-                    r.last_error = Some(msg.clone());
+                    r.mark_unhealthy("PhaseFailed", msg.clone())
                 });
                 events.emit(Event::new(&o.record.clawid, "ready", "failed", msg));
             }
@@ -444,40 +432,23 @@ pub async fn run<R: PassRunner>(
         tracing::info!(trigger = trigger_name(&trigger), "reconciling");
         let pass = async {
             let mut desired = runner.desired().await;
-            for dg in &desired.diagnostics {
-                tracing::warn!("{dg}");
-                events.emit(Event::new("-", "validate", "failed", dg.to_string()));
-            }
             // The backoff gate writes records, so the one observation this pass plans from
             // is taken after it.
             let earliest = backoff_gate(home, &*driver, &mut desired, cfg, &events, &mut stats);
-            let (actual, record_errors) = crate::observe::observe(home, &*driver);
-            crate::desired::check_ports(&mut desired, &actual);
-            let opts = PassOptions {
-                plan: PlanOptions {
-                    // Never prune from a pass that could not read all of its input (the
-                    // folder vanished mid-checkout, permissions changed, ...).
-                    prune: cfg.prune && !desired.incomplete,
-                    protected: desired.protected.clone(),
-                },
-                exec: ExecOptions {
-                    parallelism: cfg.parallelism,
-                    wait: cfg.wait,
-                    stop_after: None,
-                    lock_timeout: Some(Duration::from_secs(30)),
-                },
+            let prepared = pass::prepare(home, &*driver, desired, cfg.prune);
+            for dg in &prepared.desired.diagnostics {
+                tracing::warn!("{dg}");
+                events.emit(Event::new("-", "validate", "failed", dg.to_string()));
+            }
+            let exec = ExecOptions {
+                parallelism: cfg.parallelism,
+                wait: cfg.wait,
+                stop_after: None,
+                lock_timeout: Some(Duration::from_secs(30)),
             };
-            let out = pass::reconcile_observed(
-                home,
-                driver.clone(),
-                &desired.instances,
-                actual,
-                record_errors,
-                Origin::Manifest,
-                events.clone(),
-                &opts,
-            )
-            .await;
+            let out = prepared
+                .execute(home, driver.clone(), Origin::Manifest, events.clone(), exec)
+                .await;
             if !out.plan.is_empty() {
                 tracing::info!("{}", out.report.summary());
             }

@@ -271,6 +271,71 @@ impl Record {
         (good, bad)
     }
 
+    // -- The state machine. Every phase change of a record goes through one of these, so
+    // the executor, watch and the imperative verbs agree on what a phase means: its
+    // `Ready` condition, its runtime and its last error.
+
+    /// The VM was started (or adopted) with `runtime`; the guest has not reported yet.
+    pub fn mark_booting(&mut self, runtime: Runtime) {
+        self.runtime = runtime;
+        self.phase = Phase::Booting;
+        self.last_error = None;
+        self.set_condition(
+            "Ready",
+            "false",
+            "Booting",
+            "VM started, waiting for the guest",
+        );
+        self.touch();
+    }
+
+    /// Every bootstrap phase succeeded (and the gateway answers, when there is one).
+    pub fn mark_ready(&mut self) {
+        self.phase = Phase::Ready;
+        self.last_error = None;
+        self.set_condition(
+            "Ready",
+            "true",
+            "GuestReady",
+            "every bootstrap phase succeeded",
+        );
+        self.touch();
+    }
+
+    /// The guest runs but is not healthy: a phase failed, or readiness timed out.
+    /// `reason` is machine-readable (`PhaseFailed`, `wait-ready`), `message` is for people.
+    pub fn mark_unhealthy(&mut self, reason: &str, message: String) {
+        self.phase = Phase::Unhealthy;
+        self.set_condition("Ready", "false", reason, &message);
+        self.last_error = Some(message);
+        self.touch();
+    }
+
+    /// The VM was stopped on purpose (`by` says who, e.g. `clawfarm stop`), or was never
+    /// started after a create.
+    pub fn mark_stopped(&mut self, by: &str) {
+        self.phase = Phase::Stopped;
+        self.runtime.process = None;
+        self.set_condition("Ready", "false", "Stopped", &format!("stopped by {by}"));
+        self.touch();
+    }
+
+    /// Action `verb` failed with `message`. An instance still being created stays
+    /// `creating` (the next pass finishes the create); any other becomes `failed`.
+    pub fn mark_failed(&mut self, verb: &str, message: String) {
+        if self.phase != Phase::Creating {
+            self.phase = Phase::Failed;
+        }
+        self.set_condition("Ready", "false", verb, &message);
+        self.last_error = Some(message);
+        self.touch();
+    }
+
+    /// Set `updated_at` to now.
+    pub fn touch(&mut self) {
+        self.updated_at = SystemTime::now();
+    }
+
     /// Set (or replace) the condition of `kind`, keeping `since` when the status is unchanged.
     pub fn set_condition(&mut self, kind: &str, status: &str, reason: &str, message: &str) {
         let now = SystemTime::now();

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock};
 
-use crate::home::Home;
-
 /// A held lock; released on drop (or when the process dies, even by `kill -9`).
 #[derive(Debug)]
 pub struct FileLock {
@@ -129,26 +127,6 @@ pub fn lock(
         file,
         path: path.to_owned(),
     })
-}
-
-/// Path of the per-instance lock of `clawid` (outside the instance folder, so `rm` can
-/// delete the folder while holding it).
-pub fn instance_lock_path(home: &Home, clawid: &str) -> PathBuf {
-    home.root().join("locks").join(format!("{clawid}.lock"))
-}
-
-/// Take the per-instance lock of `clawid`, waiting up to `timeout`.
-pub fn lock_instance(
-    home: &Home,
-    clawid: &str,
-    timeout: Option<Duration>,
-) -> Result<FileLock, LockError> {
-    lock(
-        &instance_lock_path(home, clawid),
-        &format!("the lock of instance {clawid}"),
-        timeout,
-        |_| {},
-    )
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use clawfarm::desired::{
 use clawfarm::driver::Liveness;
 use clawfarm::input::clawspec::{Bootstrap, ClawSpec, Image, Param, Params};
 use clawfarm::input::manifest::{DesiredState, Port, SourceLoc};
-use clawfarm::plan::Observed;
+use clawfarm::observe::Observed;
 use clawfarm::state::record::{Origin, Phase, ProcessId, RECORD_VERSION, Record, Runtime};
 use clawfarm::util::secret::Secret;
 

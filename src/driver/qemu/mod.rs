@@ -19,7 +19,6 @@ pub mod qmp;
 pub mod seed;
 pub mod sshkeys;
 
-use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
@@ -38,7 +37,8 @@ use self::layout::{InstanceFiles, volumes_dir};
 use self::qmp::Qmp;
 use self::seed::SeedInput;
 use crate::desired::{BundleDesired, DesiredInstance, gateway_port};
-use crate::driver::{Driver, DriverError, GuestHealth, Liveness};
+use crate::driver::boot::GuestStatus;
+use crate::driver::{Driver, DriverError, GuestHealth, Liveness, LogKind, StopOutcome};
 use crate::home::Home;
 use crate::input::clawspec::Image;
 use crate::state::record::{ProcessId, Record, Runtime};
@@ -115,54 +115,6 @@ impl QemuConfig {
             ready_timeout: env_duration("CLAWFARM_READY_TIMEOUT", d.ready_timeout)?,
             kvm_watchdog: env_duration("CLAWFARM_KVM_WATCHDOG", d.kvm_watchdog)?,
         })
-    }
-}
-
-/// How a stop ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopOutcome {
-    /// Nothing was running.
-    NotRunning,
-    /// The guest powered off after `system_powerdown` (graceful).
-    PoweredOff(Duration),
-    /// The guest did not power off in time; QMP `quit` ended QEMU.
-    Quit(Duration),
-    /// QMP was unreachable; SIGTERM ended QEMU.
-    Terminated(Duration),
-    /// Nothing else worked; SIGKILL ended QEMU.
-    Killed(Duration),
-}
-
-impl StopOutcome {
-    /// True when the guest shut itself down.
-    pub fn graceful(&self) -> bool {
-        matches!(self, StopOutcome::PoweredOff(_) | StopOutcome::NotRunning)
-    }
-}
-
-impl fmt::Display for StopOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StopOutcome::NotRunning => f.write_str("not running"),
-            StopOutcome::PoweredOff(d) => write!(
-                f,
-                "guest powered off after system_powerdown ({:.1}s)",
-                d.as_secs_f64()
-            ),
-            StopOutcome::Quit(d) => write!(
-                f,
-                "guest did not power off; QEMU ended by QMP quit ({:.1}s)",
-                d.as_secs_f64()
-            ),
-            StopOutcome::Terminated(d) => write!(
-                f,
-                "QMP unreachable; QEMU ended by SIGTERM ({:.1}s)",
-                d.as_secs_f64()
-            ),
-            StopOutcome::Killed(d) => {
-                write!(f, "QEMU ended by SIGKILL ({:.1}s)", d.as_secs_f64())
-            }
-        }
     }
 }
 
@@ -250,7 +202,7 @@ impl QemuDriver {
     /// The runtime of the live QEMU of `rec` (`None` when it is not running): from
     /// `runtime.json` or the record when they name the live process, else read back from
     /// its command line.
-    pub fn live_runtime(&self, rec: &Record) -> Option<Runtime> {
+    fn runtime_of(&self, rec: &Record) -> Option<Runtime> {
         let p = self.running(&rec.clawid, Some(rec))?;
         let files = self.files(&rec.clawid);
         if let Some(rt) = read_runtime(&files)
@@ -609,7 +561,7 @@ impl QemuDriver {
 
     /// The `ssh` command that logs in to the running VM of `rec` as user `claw`, with the
     /// instance key and the pinned host key (`StrictHostKeyChecking=yes`).
-    pub fn ssh_command(&self, rec: &Record, command: &[String]) -> anyhow::Result<Command> {
+    fn ssh_command_of(&self, rec: &Record, command: &[String]) -> anyhow::Result<Command> {
         let rt = self
             .live_runtime(rec)
             .ok_or_else(|| anyhow::anyhow!("instance {} is not running", rec.clawid))?;
@@ -719,7 +671,7 @@ impl Driver for QemuDriver {
 
     async fn start(&self, rec: &Record) -> Result<Runtime, DriverError> {
         let files = self.files(&rec.clawid);
-        if let Some(rt) = self.live_runtime(rec) {
+        if let Some(rt) = self.runtime_of(rec) {
             // Adopt: never a second QEMU for one instance.
             if read_runtime(&files).as_ref() != Some(&rt) {
                 write_runtime(&files, &rt)?;
@@ -840,14 +792,14 @@ impl Driver for QemuDriver {
         }
     }
 
-    async fn stop(&self, rec: &Record) -> Result<(), DriverError> {
+    async fn stop(&self, rec: &Record) -> Result<StopOutcome, DriverError> {
         let outcome = self.stop_instance(rec).await?;
         if !outcome.graceful() {
             tracing::warn!("instance {}: {outcome}", rec.clawid);
         } else {
             tracing::info!("instance {}: {outcome}", rec.clawid);
         }
-        Ok(())
+        Ok(outcome)
     }
 
     async fn remove(&self, clawid: &str, purge: bool) -> Result<(), DriverError> {
@@ -912,6 +864,26 @@ impl Driver for QemuDriver {
             }
             _ => GuestHealth::Ready,
         }
+    }
+
+    fn live_runtime(&self, rec: &Record) -> Option<Runtime> {
+        self.runtime_of(rec)
+    }
+
+    fn boot_report(&self, clawid: &str, nonce: &str) -> io::Result<GuestStatus> {
+        guest::read_status(&self.files(clawid).status_log(), nonce)
+    }
+
+    fn log_path(&self, clawid: &str, kind: LogKind) -> PathBuf {
+        let files = self.files(clawid);
+        match kind {
+            LogKind::Serial => files.serial_log(),
+            LogKind::Vmm => files.qemu_log(),
+        }
+    }
+
+    fn ssh_command(&self, rec: &Record, command: &[String]) -> Result<Command, DriverError> {
+        self.ssh_command_of(rec, command)
     }
 }
 

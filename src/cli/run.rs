@@ -1,0 +1,144 @@
+//! `clawfarm run BOX --name NAME`: one ad-hoc instance through the same pass as `apply`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use super::{Ctx, Output, param_env_lookup, progress_sink, runtime};
+use crate::desired::run::{RunRequest, desired_instance, parse_param_arg, read_param_file};
+use crate::desired::{self, Desired, ParamEnv};
+use crate::input::manifest::Port;
+use crate::reconcile::exec::ExecOptions;
+use crate::reconcile::pass;
+use crate::state::record::Origin;
+use crate::util::secret::Secret;
+
+/// Arguments of `clawfarm run`.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// The `.clawbox` bundle.
+    pub bundle: PathBuf,
+    /// Name prefix of the CLAWID.
+    #[arg(long)]
+    pub name: String,
+    /// A param value, KEY=VALUE (repeatable). Prefer --param-file or the prompt for
+    /// secrets: the command line is visible in shell history and `ps`.
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param_arg)]
+    pub params: Vec<(String, Secret)>,
+    /// A file of KEY=VALUE lines (repeatable; later values win).
+    #[arg(long = "param-file", value_name = "FILE")]
+    pub param_files: Vec<PathBuf>,
+    /// vCPUs.
+    #[arg(long, default_value_t = crate::input::manifest::DEFAULT_CPUS)]
+    pub cpus: u32,
+    /// Memory (e.g. 2048, 2GiB, 512MiB).
+    #[arg(long, default_value = "1024", value_parser = crate::input::manifest::parse_memory)]
+    pub memory: u64,
+    /// Host port forward HOST:GUEST on 127.0.0.1 (repeatable).
+    #[arg(long = "port", value_name = "HOST:GUEST", value_parser = parse_port)]
+    pub ports: Vec<Port>,
+    /// Do not wait for the guest to become ready.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+fn parse_port(s: &str) -> Result<Port, String> {
+    let (h, g) = s.split_once(':').ok_or("expected HOST:GUEST")?;
+    let host: u16 = h.parse().map_err(|_| format!("bad host port {h:?}"))?;
+    let guest: u16 = g.parse().map_err(|_| format!("bad guest port {g:?}"))?;
+    if host < 1024 || guest == 0 {
+        return Err("host port must be 1024-65535, guest port 1-65535".into());
+    }
+    Ok(Port {
+        host,
+        guest,
+        name: None,
+    })
+}
+
+/// `clawfarm run`.
+pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<u8> {
+    let mut params = Vec::new();
+    for f in &args.param_files {
+        params.extend(read_param_file(f)?);
+    }
+    params.extend(args.params);
+    let req = RunRequest {
+        bundle: args.bundle,
+        name: args.name,
+        params,
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        ports: args.ports,
+        volumes: Vec::new(),
+    };
+    ctx.ensure_home()?;
+    let driver = ctx.driver()?;
+    let rt = runtime()?;
+    let key = ctx
+        .home
+        .secret_key()
+        .context("cannot read the param digest key")?;
+    let tty = crate::tui::prompt::TtyPrompter::new();
+    let penv = ParamEnv {
+        key: &key,
+        env: &param_env_lookup,
+        prompter: crate::tui::prompt::is_interactive().then_some(&tty as &dyn desired::Prompter),
+        command_line: true,
+    };
+    let inst = rt.block_on(desired_instance(
+        &ctx.home,
+        &req,
+        &crate::desired::resolve::StoreResolver,
+        &penv,
+    ));
+    if let Some(at) = tty.interrupted() {
+        bail!("interrupted at the prompt for {at}; nothing was changed");
+    }
+    let inst = inst?;
+    let d = Desired {
+        instances: vec![inst.clone()],
+        ..Desired::default()
+    };
+    // No apply lock: a run creates a CLAWID nobody else can plan; its nodes take the
+    // instance lock like every mutation. Never pruning.
+    let p = pass::prepare(&ctx.home, &*driver, d, false);
+    if let Some(dg) = p.desired.diagnostics.first() {
+        bail!("{}", dg.message);
+    }
+    eprintln!("{}: creating from {}", inst.clawid, req.bundle.display());
+    let exec = ExecOptions {
+        wait: !args.no_wait,
+        ..ExecOptions::default()
+    };
+    let out = rt.block_on(p.execute(
+        &ctx.home,
+        driver,
+        Origin::Run,
+        progress_sink(&ctx.home),
+        exec,
+    ));
+    let ok = out.report.ok();
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ok": ok,
+                "clawid": inst.clawid,
+                "name": inst.name,
+                "nodes": out.report.nodes,
+            }))?
+        ),
+        Output::Text => {
+            for (action, err) in out.report.root_failures() {
+                eprintln!("failed: {action}: {err}");
+            }
+            println!("{}", inst.clawid);
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
+}

@@ -1,0 +1,140 @@
+//! `clawfarm import`, `images` and `gc`: the bundle and blob store.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+
+use super::{Ctx, Output, apply_lock, error_chain, print_table, runtime};
+use crate::state::record::Record;
+use crate::store::progress::human_bytes;
+
+/// Arguments of `clawfarm import`.
+#[derive(Debug, Args, Clone)]
+pub struct ImportArgs {
+    /// The `.clawbox` bundle (tar.gz, or a plain JSON clawspec).
+    pub bundle: PathBuf,
+}
+
+/// Arguments of `clawfarm images`.
+#[derive(Debug, Args, Clone)]
+pub struct ImagesArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+/// Arguments of `clawfarm gc`.
+#[derive(Debug, Args, Clone)]
+pub struct GcArgs {
+    /// Only show what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long to wait for a running apply/watch (default: forever).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub lock_timeout: Option<Duration>,
+}
+
+/// `clawfarm import`.
+pub fn import(ctx: &Ctx, args: &ImportArgs) -> anyhow::Result<u8> {
+    ctx.ensure_home()?;
+    let b = runtime()?.block_on(crate::store::bundle::import(
+        &ctx.home,
+        &args.bundle,
+        &crate::store::progress::Progress::stderr(),
+    ))?;
+    println!(
+        "{} {} ({})",
+        b.digest,
+        b.clawspec.name,
+        if b.fresh {
+            "imported"
+        } else {
+            "already imported"
+        }
+    );
+    Ok(0)
+}
+
+/// `clawfarm images`.
+pub fn images(ctx: &Ctx, args: &ImagesArgs) -> anyhow::Result<u8> {
+    let items = crate::store::bundle::list(&ctx.home);
+    let (records, _) = Record::read_all(&ctx.home);
+    let users = crate::observe::image_users(&items, &records);
+    match args.output {
+        Output::Json => {
+            let rows: Vec<serde_json::Value> = items
+                .iter()
+                .map(|it| {
+                    let mut v = serde_json::to_value(it).expect("items serialize");
+                    v["used_by"] =
+                        serde_json::json!(users.get(&it.digest).cloned().unwrap_or_default());
+                    v
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        Output::Text => {
+            let mut t = vec![["KIND", "DIGEST", "NAME", "SIZE", "USED BY"].map(String::from)];
+            for it in &items {
+                let used = users.get(&it.digest).cloned().unwrap_or_default();
+                t.push([
+                    format!("{:?}", it.kind).to_lowercase(),
+                    crate::plan::short(&it.digest).to_string(),
+                    it.name.clone().unwrap_or_else(|| "-".into()),
+                    human_bytes(it.size),
+                    if used.is_empty() {
+                        "-".into()
+                    } else {
+                        used.join(",")
+                    },
+                ]);
+            }
+            print_table(&t);
+        }
+    }
+    Ok(0)
+}
+
+/// `clawfarm gc`.
+pub fn gc(ctx: &Ctx, args: &GcArgs) -> anyhow::Result<u8> {
+    ctx.ensure_home()?;
+    // Under the apply lock: no apply can be importing or planning on what we remove.
+    let _lock = apply_lock(&ctx.home, args.lock_timeout)?;
+    let (records, errors) = Record::read_all(&ctx.home);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: {}", error_chain(e));
+        }
+        bail!("refusing to collect garbage while some records cannot be read");
+    }
+    let referenced = records.iter().map(|r| r.build.bundle.clone()).collect();
+    let rep = crate::store::bundle::gc(&ctx.home, &referenced, args.dry_run);
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for it in &rep.removed {
+        println!(
+            "{verb} {} {} ({})",
+            format!("{:?}", it.kind).to_lowercase(),
+            it.digest,
+            human_bytes(it.size)
+        );
+    }
+    for p in &rep.temp {
+        println!("{verb} leftover {}", p.display());
+    }
+    for f in &rep.failures {
+        eprintln!("error: {f:?}");
+    }
+    println!(
+        "{} {}, kept {} item(s)",
+        verb,
+        human_bytes(rep.freed_bytes),
+        rep.kept.len()
+    );
+    Ok(if rep.failures.is_empty() { 0 } else { 1 })
+}
