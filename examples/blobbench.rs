@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             .and_then(|m| generate(Path::new(file), m).map_err(|e| e.to_string()))
             .map(|()| "ok".into()),
         ["verify", file] => {
-            clawfarm::store::blob::hash_file(Path::new(file)).map_err(|e| e.to_string())
+            clawfarm::store::part::hash_file(Path::new(file)).map_err(|e| e.to_string())
         }
         ["import", bx, home] => {
             let home = clawfarm::home::Home::new(home);

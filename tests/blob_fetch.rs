@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use blobkit::*;
 use clawfarm::input::clawspec::Image;
-use clawfarm::store::blob::{BlobError, BlobStore, FetchOptions};
+use clawfarm::store::blob::BlobStore;
+use clawfarm::store::part::{BlobError, FetchOptions};
 use clawfarm::store::progress::{Progress, ProgressEvent};
 use httpd::{Behavior, Server};
 
@@ -389,8 +390,8 @@ async fn qcow2_with_backing_file_is_refused() {
         .await
         .unwrap();
     assert_eq!(
-        clawfarm::store::blob::disk_format(&store.path(&sum)).unwrap(),
-        clawfarm::store::blob::DiskFormat::Qcow2
+        clawfarm::store::part::disk_format(&store.path(&sum)).unwrap(),
+        clawfarm::store::part::DiskFormat::Qcow2
     );
 }
 
@@ -476,7 +477,7 @@ fn headers_written_by_real_qemu_img() {
         eprintln!("qemu-img not found; skipped");
         return;
     }
-    use clawfarm::store::blob::{DiskFormat, DiskProblem, check_disk_header, disk_format};
+    use clawfarm::store::part::{DiskFormat, DiskProblem, check_disk_header, disk_format};
     let d = tempfile::tempdir().unwrap();
     let base = d.path().join("base.qcow2");
     let top = d.path().join("top.qcow2");

@@ -10,34 +10,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::input::clawspec::ClawSpec;
 use crate::input::manifest::{DesiredState, Port, SourceLoc, Volume};
 use crate::util::secret::Secret;
 
-/// Kind of `.clawbox`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BundleKind {
-    /// tar.gz with `clawspec.json`, optional `run.qcow2`, optional `claw/`.
-    TarGz,
-    /// A plain JSON clawspec whose images are all remote.
-    Json,
-}
-
-/// A bundle as the planner sees it: identified by the SHA-256 of its bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BundleDesired {
-    /// SHA-256 of the bundle file; also its folder name under `bundles/`.
-    pub digest: String,
-    /// Where to import it from (local path, or the blob of a downloaded URL bundle).
-    pub source: PathBuf,
-    /// Form of the bundle.
-    pub kind: BundleKind,
-    /// The validated clawspec it carries.
-    pub clawspec: Arc<ClawSpec>,
-    /// True when `bundles/<digest>/` is complete (nothing to import).
-    pub imported: bool,
-}
+/// The bundle types the desired state refers to (defined by the store).
+pub use crate::store::bundle::{BundleDesired, BundleKind};
 
 /// A param value after resolution (manifest literal/reference, default, prompt).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The guest's bootstrap report, independent of how it travels: the phases of one boot
 //! (cloud-init, mount, install, start, provision steps, done), each started, ok or failed.
-//! The QEMU driver reads it from a virtio-serial channel ([`crate::driver::qemu::guest`]);
+//! The QEMU driver reads it from a virtio-serial channel (its `guest` module);
 //! the fake driver makes it up.
 
 use std::fmt;

@@ -114,7 +114,8 @@ pub enum LogKind {
 }
 
 /// The effects the engine needs. Methods take the data they need and nothing more;
-/// records are written by the executor (and [`crate::reconcile::ops`]), not by drivers.
+/// records are written by the executor and the lifecycle verbs (`reconcile::ops`), not by
+/// drivers.
 #[async_trait]
 pub trait Driver: Send + Sync {
     /// Short name (`fake`, `qemu`) for logs and `ps`.

@@ -11,10 +11,22 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_RANGE, RANGE};
 
-use crate::store::blob::{
-    BUF_SIZE, BlobError, BlobKind, BlobStore, Part, blocking, is_retryable, publish_verified,
+use crate::store::part::{
+    BUF_SIZE, BlobError, BlobKind, FetchOptions, Part, blocking, is_retryable, publish_verified,
 };
 use crate::store::progress::{Progress, Tracker};
+
+/// Where one fetch writes: the resumable `.part` file, the blob it becomes, and the retry
+/// policy. The store makes one per blob (see `BlobStore::fetch_source`).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `blobs/.tmp/<sha256>.part`.
+    pub part_path: PathBuf,
+    /// `blobs/<sha256>`.
+    pub dest: PathBuf,
+    /// Retries and timeouts.
+    pub opts: FetchOptions,
+}
 
 /// Run `f` on the part in a blocking thread, keeping the part in `slot`.
 async fn with_part<T: Send + 'static>(
@@ -192,7 +204,7 @@ async fn flush(slot: &mut Option<Part>, buf: &mut Vec<u8>) -> io::Result<()> {
 
 /// Download `url` into blob `sha` (the caller holds the blob lock and checked absence).
 pub(crate) async fn download_http(
-    store: &BlobStore,
+    target: &Target,
     client: &reqwest::Client,
     url: &str,
     sha: &str,
@@ -200,9 +212,9 @@ pub(crate) async fn download_http(
     kind: BlobKind,
     progress: &Progress,
 ) -> Result<(), BlobError> {
-    let opts = store.retry_policy().clone();
-    let part_path = store.part_path(sha);
-    let dest = store.path(sha);
+    let opts = target.opts.clone();
+    let part_path = target.part_path.clone();
+    let dest = target.dest.clone();
     let pp = part_path.clone();
     let part = blocking(move || Part::resume(&pp))
         .await
@@ -287,16 +299,16 @@ pub(crate) async fn download_http(
 
 /// Copy a local file into blob `sha`, hashing in the same pass.
 pub(crate) async fn copy_file(
-    store: &BlobStore,
+    target: &Target,
     src: &Path,
     sha: &str,
     label: &str,
     kind: BlobKind,
     progress: &Progress,
 ) -> Result<(), BlobError> {
-    let part_path = store.part_path(sha);
+    let part_path = target.part_path.clone();
     let err_path = part_path.clone();
-    let dest = store.path(sha);
+    let dest = target.dest.clone();
     let src: PathBuf = src.to_path_buf();
     let sha = sha.to_string();
     let mut tracker = progress.start(label, None);

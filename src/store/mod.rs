@@ -6,4 +6,5 @@ pub mod blob;
 pub mod bundle;
 pub mod catalog;
 pub mod fetch;
+pub mod part;
 pub mod progress;
