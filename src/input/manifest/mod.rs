@@ -1,0 +1,736 @@
+//! The manifest format (`apiVersion: clawfarm/v1`, `kind: Claw`): parse and validate YAML
+//! into [`Claw`]s, no effects. Every problem is a [`Diagnostic`] with `FILE:LINE:COL`; all
+//! files are checked in one run. See `rfc/002-manifest.md`.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
+
+mod fast;
+mod schema;
+mod validate;
+mod yaml;
+
+pub use schema::json_schema;
+use validate::*;
+pub use validate::{is_dns_label, parse_memory};
+use yaml::*;
+
+/// Where something is in a manifest file (1-based line and column; 0 when unknown).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourceLoc {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: u64,
+    /// 1-based column.
+    pub col: u64,
+}
+
+impl fmt::Display for SourceLoc {
+    /// `FILE:LINE:COL`, or just `FILE` when the line is unknown (0).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.file.display())
+        } else {
+            write!(f, "{}:{}:{}", self.file.display(), self.line, self.col)
+        }
+    }
+}
+
+/// One problem found in the input, printed as `FILE:LINE:COL: message`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Diagnostic {
+    /// Where.
+    pub loc: SourceLoc,
+    /// What (never contains a secret value).
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.loc, self.message)
+    }
+}
+
+/// Desired run state of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    /// The VM should be running (default).
+    #[default]
+    Running,
+    /// The VM should exist but be stopped.
+    Stopped,
+}
+
+/// Where the bundle comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClawboxRef {
+    /// A local `.clawbox` file (absolute: resolved against the manifest's folder).
+    Path(PathBuf),
+    /// A remote bundle, pinned by digest.
+    Url {
+        /// `http(s)://` or `file://` URL.
+        url: String,
+        /// Lowercase 64-hex SHA-256 of the bundle bytes.
+        sha256: String,
+    },
+}
+
+/// A host port forward (always bound to 127.0.0.1).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Port {
+    /// Host port on 127.0.0.1.
+    pub host: u16,
+    /// Guest port.
+    pub guest: u16,
+    /// Optional name; `gateway` marks the port whose answer is part of readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A named persistent volume shared into the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Volume {
+    /// Volume name (DNS-label style), unique within the manifest.
+    pub name: String,
+    /// Absolute mount point in the guest.
+    pub guest_path: String,
+}
+
+/// How a param gets its value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamSource {
+    /// A literal value in the manifest (refused for secret params).
+    Literal(String),
+    /// `{env: NAME}`: read from the applier's environment.
+    Env(String),
+    /// `{file: PATH}`: read from a file (absolute: resolved against the manifest's folder);
+    /// one trailing newline is stripped.
+    File(PathBuf),
+    /// A value given out of band (`clawfarm run --param`/`--param-file`); never produced by
+    /// the YAML parser, so a manifest in git can still not carry a secret literal.
+    Given(crate::util::secret::Secret),
+}
+
+/// One validated manifest document (`kind: Claw`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claw {
+    /// Where the document starts.
+    pub loc: SourceLoc,
+    /// `metadata.name` (DNS label, unique across the applied set).
+    pub name: String,
+    /// `spec.clawbox`.
+    pub clawbox: ClawboxRef,
+    /// Location of `spec.clawbox` (for errors found later, e.g. a bundle that will not load).
+    pub clawbox_loc: SourceLoc,
+    /// `spec.state`.
+    pub state: DesiredState,
+    /// `spec.replicas` (1 = a single instance named `name`; N > 1 = `name-0`..`name-(N-1)`).
+    pub replicas: u32,
+    /// `spec.cpus`.
+    pub cpus: u32,
+    /// `spec.memory` in MiB.
+    pub memory_mib: u64,
+    /// `spec.ports`.
+    pub ports: Vec<Port>,
+    /// `spec.params`, by key.
+    pub params: BTreeMap<String, ParamSource>,
+    /// Location of each `spec.params` entry (for errors found against the clawspec).
+    pub param_locs: BTreeMap<String, SourceLoc>,
+    /// `spec.volumes`.
+    pub volumes: Vec<Volume>,
+}
+
+impl Claw {
+    /// Instance names this document expands to (`replicas`).
+    pub fn instance_names(&self) -> Vec<String> {
+        if self.replicas <= 1 {
+            vec![self.name.clone()]
+        } else {
+            (0..self.replicas)
+                .map(|i| format!("{}-{}", self.name, i))
+                .collect()
+        }
+    }
+}
+
+/// Default `spec.cpus`.
+pub const DEFAULT_CPUS: u32 = 1;
+/// Default `spec.memory` in MiB.
+pub const DEFAULT_MEMORY_MIB: u64 = 1024;
+
+/// The only `apiVersion` this build reads.
+pub const API_VERSION: &str = "clawfarm/v1";
+/// The only `kind` this build reads.
+pub const KIND: &str = "Claw";
+/// Longest `metadata.name` (room is left for `-<replica>-<suffix>` in CLAWIDs).
+pub const MAX_NAME_LEN: usize = 40;
+/// Longest port or volume name.
+pub const MAX_LABEL_LEN: usize = 63;
+/// Range of `spec.replicas`.
+pub const REPLICAS_RANGE: std::ops::RangeInclusive<u32> = 1..=64;
+/// Range of `spec.cpus`.
+pub const CPUS_RANGE: std::ops::RangeInclusive<u32> = 1..=64;
+/// Range of `spec.memory` in MiB (128 MiB to 256 GiB).
+pub const MEMORY_MIB_RANGE: std::ops::RangeInclusive<u64> = 128..=262_144;
+/// Lowest host port a manifest may forward (privileged ports are refused).
+pub const MIN_HOST_PORT: u16 = 1024;
+/// File extensions [`load`] reads from folders.
+pub const EXTENSIONS: &[&str] = &["yaml", "yml", "json"];
+
+const TOP_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
+const METADATA_FIELDS: &[&str] = &["name"];
+const SPEC_FIELDS: &[&str] = &[
+    "clawbox", "state", "replicas", "cpus", "memory", "ports", "params", "volumes",
+];
+const CLAWBOX_FIELDS: &[&str] = &["url", "sha256"];
+const PORT_FIELDS: &[&str] = &["host", "guest", "name"];
+const VOLUME_FIELDS: &[&str] = &["name", "guestPath"];
+const PARAM_REF_FIELDS: &[&str] = &["env", "file"];
+
+/// Everything [`load`] found.
+#[derive(Debug, Clone, Default)]
+pub struct LoadResult {
+    /// Valid documents of files without any error, in file order then document order.
+    pub claws: Vec<Claw>,
+    /// Every problem of every file, sorted by location.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Every manifest file considered (sorted, deduplicated).
+    pub files: Vec<PathBuf>,
+    /// Files (or given paths) with at least one problem. None of their documents are in
+    /// `claws`: the engine must keep whatever they used to describe as it is.
+    pub bad_files: BTreeSet<PathBuf>,
+}
+
+impl LoadResult {
+    /// Whether any problem was found.
+    pub fn has_errors(&self) -> bool {
+        !self.diagnostics.is_empty()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Checks across documents and files.
+
+fn instance_names_of(name: &str, replicas: u32) -> Vec<String> {
+    if replicas <= 1 {
+        vec![name.to_owned()]
+    } else {
+        (0..replicas).map(|i| format!("{name}-{i}")).collect()
+    }
+}
+
+/// Duplicate names and colliding instance names across `declared` (in order). Returns the
+/// problems, each at the later declaration, and the files involved (both sides).
+fn check_names(declared: &[&Declared]) -> (Vec<Diagnostic>, BTreeSet<PathBuf>) {
+    let mut diags = Vec::new();
+    let mut files = BTreeSet::new();
+    let mut report = |decl: &Declared, earlier: &Declared, message: String| {
+        diags.push(Diagnostic {
+            loc: decl.name_loc.clone(),
+            message,
+        });
+        files.insert(decl.name_loc.file.clone());
+        files.insert(earlier.name_loc.file.clone());
+    };
+    // 1. metadata.name is unique.
+    let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(declared.len());
+    let mut is_duplicate = vec![false; declared.len()];
+    for (d, decl) in declared.iter().enumerate() {
+        if let Some(&e) = first_of.get(decl.name.as_str()) {
+            is_duplicate[d] = true;
+            report(
+                decl,
+                declared[e],
+                format!(
+                    "duplicate name \"{}\" (also defined at {})",
+                    decl.name, declared[e].name_loc
+                ),
+            );
+        } else {
+            first_of.insert(&decl.name, d);
+        }
+    }
+    // 2. The instance names they expand to are unique too (`a` with replicas 2 makes
+    //    `a-0`, `a-1`, which another manifest must not be called).
+    let mut owner: HashMap<String, usize> = HashMap::with_capacity(declared.len());
+    for (d, decl) in declared.iter().enumerate() {
+        if is_duplicate[d] {
+            continue;
+        }
+        let mut reported: HashSet<usize> = HashSet::new();
+        for inst in instance_names_of(&decl.name, decl.replicas) {
+            let Some(&e) = owner.get(&inst) else {
+                owner.insert(inst, d);
+                continue;
+            };
+            if !reported.insert(e) {
+                continue;
+            }
+            let earlier = declared[e];
+            let describe = |x: &Declared| {
+                if x.replicas > 1 {
+                    format!(
+                        "instance \"{inst}\" of \"{}\" (replicas: {})",
+                        x.name, x.replicas
+                    )
+                } else {
+                    format!("\"{inst}\"")
+                }
+            };
+            let message = format!(
+                "instance name collision: {} is the same as {} defined at {}",
+                describe(decl),
+                describe(earlier),
+                earlier.name_loc
+            );
+            report(decl, earlier, message);
+        }
+    }
+    (diags, files)
+}
+
+/// Parse and validate the content of one manifest file.
+///
+/// `file` is used in locations and to resolve relative paths (against its folder, made
+/// absolute with the current directory if needed). Returns the documents (empty ones
+/// skipped), or every problem of the file, including duplicate names within it. A file
+/// with any problem returns none of its documents.
+pub fn parse_str(file: &Path, text: &str) -> Result<Vec<Claw>, Vec<Diagnostic>> {
+    let parsed = parse_file(file, text);
+    let mut diags = parsed.diagnostics;
+    let declared: Vec<&Declared> = parsed.declared.iter().collect();
+    diags.extend(check_names(&declared).0);
+    if diags.is_empty() {
+        Ok(parsed.claws)
+    } else {
+        diags.sort();
+        Err(diags)
+    }
+}
+
+/// Load every manifest under `paths`: each a file (read whatever its extension) or a folder
+/// (read recursively: `.yaml`, `.yml` and `.json` files, skipping hidden entries such as
+/// `.git` and editor leftovers such as `*~`, `#*#`, `*.swp`), in sorted order.
+///
+/// All problems of all files are reported. A file with any problem (including a name it
+/// shares with another file, in which case both files are bad) contributes no [`Claw`] and
+/// is listed in [`LoadResult::bad_files`]; a path that cannot be read is listed there too.
+/// Files are parsed on up to 4 threads when there are many.
+pub fn load(paths: &[PathBuf]) -> LoadResult {
+    let mut result = LoadResult::default();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        collect(p, &mut files, &mut result);
+    }
+    files.sort();
+    let mut seen = HashSet::new();
+    files.retain(|f| {
+        seen.insert(std::path::absolute(f).map_or_else(|_| f.clone(), |a| normalize(&a)))
+    });
+
+    let parsed = parse_files(&files);
+    let declared: Vec<&Declared> = parsed.iter().flat_map(|p| &p.declared).collect();
+    let (name_diags, name_files) = check_names(&declared);
+    result.bad_files.extend(name_files);
+    for (file, p) in files.iter().zip(&parsed) {
+        if !p.diagnostics.is_empty() {
+            result.bad_files.insert(file.clone());
+        }
+    }
+    for (file, p) in files.iter().zip(parsed) {
+        result.diagnostics.extend(p.diagnostics);
+        if !result.bad_files.contains(file) {
+            result.claws.extend(p.claws);
+        }
+    }
+    result.diagnostics.extend(name_diags);
+    result.diagnostics.sort();
+    result.files = files;
+    result
+}
+
+fn path_problem(result: &mut LoadResult, path: &Path, message: String) {
+    result.diagnostics.push(Diagnostic {
+        loc: SourceLoc {
+            file: path.to_path_buf(),
+            line: 0,
+            col: 0,
+        },
+        message,
+    });
+    result.bad_files.insert(path.to_path_buf());
+}
+
+fn collect(path: &Path, files: &mut Vec<PathBuf>, result: &mut LoadResult) {
+    match std::fs::metadata(path) {
+        Err(e) => path_problem(result, path, format!("cannot read: {e}")),
+        Ok(m) if m.is_dir() => {
+            let mut visited = HashSet::new();
+            walk(path, files, result, &mut visited);
+        }
+        Ok(_) => files.push(path.to_path_buf()),
+    }
+}
+
+/// Whether a folder entry is skipped: hidden, editor leftovers.
+fn skipped_name(name: &str) -> bool {
+    name.starts_with('.')
+        || name.ends_with('~')
+        || name.starts_with('#')
+        || name.ends_with(".swp")
+        || name.ends_with(".swo")
+}
+
+fn walk(
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    result: &mut LoadResult,
+    visited: &mut HashSet<PathBuf>,
+) {
+    // Symlinked folders are followed once (a loop is not walked twice).
+    if let Ok(real) = std::fs::canonicalize(dir)
+        && !visited.insert(real)
+    {
+        return;
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return path_problem(result, dir, format!("cannot read folder: {e}")),
+    };
+    // (path, is a folder); the file type comes from the folder listing, so only symlinks
+    // cost a `stat`.
+    let mut names: Vec<(PathBuf, bool)> = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                path_problem(result, dir, format!("cannot read folder: {e}"));
+                continue;
+            }
+        };
+        let name = entry.file_name();
+        if name.to_str().is_some_and(skipped_name) {
+            continue;
+        }
+        let p = entry.path();
+        let is_manifest = || {
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            EXTENSIONS.contains(&ext)
+        };
+        let is_dir = match entry.file_type() {
+            Ok(t) if t.is_symlink() => match std::fs::metadata(&p) {
+                Ok(m) => m.is_dir(),
+                // A dangling symlink: only a problem if it looks like a manifest.
+                Err(e) => {
+                    if is_manifest() {
+                        path_problem(result, &p, format!("cannot read: {e}"));
+                    }
+                    continue;
+                }
+            },
+            Ok(t) => t.is_dir(),
+            Err(e) => {
+                if is_manifest() {
+                    path_problem(result, &p, format!("cannot read: {e}"));
+                }
+                continue;
+            }
+        };
+        if is_dir || is_manifest() {
+            names.push((p, is_dir));
+        }
+    }
+    names.sort();
+    for (p, is_dir) in names {
+        if is_dir {
+            walk(&p, files, result, visited);
+        } else {
+            files.push(p);
+        }
+    }
+}
+
+fn read_and_parse(file: &Path) -> FileParse {
+    let problem = |line: u64, col: u64, message: String| FileParse {
+        diagnostics: vec![Diagnostic {
+            loc: SourceLoc {
+                file: file.to_path_buf(),
+                line,
+                col,
+            },
+            message,
+        }],
+        ..FileParse::default()
+    };
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => return problem(0, 0, format!("cannot read: {e}")),
+    };
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => parse_file(file, text),
+        Err(e) => {
+            let good = &bytes[..e.valid_up_to()];
+            let line = 1 + good.iter().filter(|b| **b == b'\n').count() as u64;
+            let line_start = good.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let col = 1 + String::from_utf8_lossy(&good[line_start..]).chars().count() as u64;
+            problem(line, col, "file is not valid UTF-8".into())
+        }
+    }
+}
+
+fn parse_files(files: &[PathBuf]) -> Vec<FileParse> {
+    crate::util::par::par_map(files, |f| read_and_parse(f))
+}
+
+/// Every `metadata.name` value found in `text`, even when the file does not validate
+/// (bad YAML, unknown fields, wrong types): the union of the names of the documents that
+/// parse as YAML and of a line scan for `name:` under `metadata:`. Meant for protecting the
+/// instances of a broken file; it errs on the side of finding too many names.
+pub fn names_in_file_best_effort(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |n: &str| {
+        let n = n.trim();
+        if !n.is_empty() && !names.iter().any(|x| x == n) {
+            names.push(n.to_owned());
+        }
+    };
+    let docs = parse_yaml(text);
+    for doc in &docs.docs {
+        if let Kind::Map(entries) = &doc.kind {
+            for (k, v) in entries {
+                if k.scalar() == Some("metadata")
+                    && let Kind::Map(meta) = &v.kind
+                {
+                    for (mk, mv) in meta {
+                        if mk.scalar() == Some("name")
+                            && let Some(n) = mv.scalar()
+                        {
+                            add(n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for n in scan_names(text) {
+        add(&n);
+    }
+    names
+}
+
+/// Line scan for `metadata:` blocks (block or flow style) and their `name:`.
+fn scan_names(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    // (indent of `metadata:`, indent of its children once seen)
+    let mut metadata: Option<(usize, Option<usize>)> = None;
+    for raw in text.lines() {
+        let line = strip_comment(raw);
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        if trimmed == "---" || trimmed == "..." {
+            metadata = None;
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        if let Some((mi, child)) = metadata {
+            if indent > mi {
+                let child = child.unwrap_or(indent);
+                metadata = Some((mi, Some(child)));
+                if indent == child
+                    && let Some(v) = trimmed.strip_prefix("name:")
+                {
+                    out.push(unquote(v));
+                    metadata = None;
+                }
+                continue;
+            }
+            metadata = None;
+        }
+        let key_line = trimmed.trim_start_matches("- ");
+        if let Some(rest) = key_line.strip_prefix("metadata:") {
+            let rest = rest.trim();
+            if rest.is_empty() {
+                metadata = Some((indent, None));
+            } else if let Some(i) = rest.find("name:") {
+                let v = &rest[i + 5..];
+                let end = v.find([',', '}']).unwrap_or(v.len());
+                out.push(unquote(&v[..end]));
+            }
+        }
+    }
+    out
+}
+
+fn strip_comment(line: &str) -> &str {
+    if line.trim_start().starts_with('#') {
+        return "";
+    }
+    match line.find(" #") {
+        Some(i) => &line[..i],
+        None => line,
+    }
+}
+
+fn unquote(v: &str) -> String {
+    let v = v.trim();
+    let v = v
+        .strip_prefix('"')
+        .and_then(|x| x.strip_suffix('"'))
+        .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
+        .unwrap_or(v);
+    v.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CORPUS: &[&str] = &[
+        include_str!("../../../tests/fixtures/manifests/valid/demo-a.yaml"),
+        include_str!("../../../tests/fixtures/manifests/valid/multi.yaml"),
+        include_str!("../../../tests/fixtures/manifests/valid/team/minimal.yml"),
+        include_str!("../../../tests/fixtures/manifests/valid/team/from-json.json"),
+        include_str!("../../../tests/fixtures/manifests/invalid/unknown-field.yaml"),
+        include_str!("../../../tests/fixtures/manifests/invalid/bad-memory.yaml"),
+        include_str!("../../../tests/fixtures/manifests/invalid/syntax.yaml"),
+        "a:\n  b: 1\n  c:\n  d: 'q'\n  e: \"w\"\nl:\n- x\n-   y\n- k: 1\n  m:\n- \n  - z\nf: [a, {b: c}, []]\ng: {}\nh:    # c\n  - 1\ni: x # c\n",
+        "---\n---\n# c\n...\n---\na: 1\n...\n",
+        "- a\n- b: c\n  d: [e, 'f', \"g\"]\n-\n  - h\n",
+        "spec:\n  ports:\n  - host: 1\n    guest: 2\n  - {host: 3, guest: 4}\n  params:\n    A: {env: B}\n    C: héllo wörld\n    D: \"ü: x\"\n    E: x:y\n    F: http://a/b\n",
+        "a: b c  \nd:   e\nf : g\n'h': i\nj: 'k''l'\nm: \"n\"o\n",
+        "a:\n- 1\n- 2\nb:\n    - 3\n    -    4\nc: [ 1 , 2 ]\nd: {x: 1, y: [2, 3], z: {w: v}}\n",
+        "  a: 1\n  b: 2\n",
+        "a: 1\n b: 2\n",
+        "a:\n  b: 1\n c: 2\n",
+        "a: [1, 2,]\nb: {c: 1,}\nc: [a: b]\nd: {e}\n",
+        "a: - b\nc: -\nd: -1\ne: --x\n",
+        "a: 'x' # c\nb: \"#\"\nc: x#y\n",
+        "{a: 1}\n",
+        "[1, 2]\n",
+        "a: b: c\n",
+        "a:\n  - b\n  c: d\n",
+        "a: 1\n---\nb\n---\n- c\n",
+        "a:  \nb: 'b'c\nc: x\n\n\nd: y\ne: [b, c]  # comment\n",
+        "- a: 1\n  b:\n    c: 2\n- d\n",
+        "a:\n- b\n- c\nd: e\n",
+        "a: \"\"\nb: ''\nc: [\"x, y\", 'z']\nd: {b: [1, {c: d}]}\n",
+        "a: 0.5\nb: .inf\nc: ~\nd: null\ne: true\nf: 0x1F\ng: 012\n",
+        "a: b\n  # indented comment\nc: d\n",
+        "a:\n\n  b: 1\n",
+        "\u{e9}: 1\nk: \u{e9}t\u{e9}\nl: [\u{e9}, \u{e9}\u{e9}]\n",
+        "a: 'x'  \n: a\n",
+        "a:: b\n",
+        "a :b\n",
+        "-a: 1\n",
+        "a: -b\nb: [-1, - 2]\n",
+        "a: {b: c, d}\n",
+        "a: [b c, d]\nb: {b c: d}\n",
+        "x: y\n---   \nz: 1\n",
+        "--- # comment\na: 1\n",
+        "a: 1 #\nb: b #c #d\n",
+        "a: [b]c\n",
+        "a: {b: c}}\n",
+        "a: [[]]\nb: [{}]\nc: {d: []}\n",
+        "a: {\"b\": c}\n",
+        "a: {'b': c}\n",
+        "a:\n  - b\n  -\n    c: d\n",
+        "a:\n  -  b: c\n     d: e\n",
+        "a: x\n  y\n",
+        "- - a\n",
+        "-\n",
+        "a:\n-\n",
+    ];
+
+    fn check(text: &str) -> bool {
+        let Some(fast) = fast::parse(text) else {
+            return false;
+        };
+        let full = parse_yaml_full(text);
+        assert!(
+            full.syntax_error.is_none() && full.problems.is_empty(),
+            "fast path accepted text the full parser rejects: {text:?}\n{:?}",
+            full.syntax_error
+        );
+        assert_eq!(fast, full.docs, "fast and full parse differ for {text:?}");
+        true
+    }
+
+    #[test]
+    fn fast_path_accepts_typical_manifests() {
+        for text in &CORPUS[..3] {
+            assert!(check(text), "{text}");
+        }
+        assert!(check(CORPUS[7]));
+        assert!(check(CORPUS[10]));
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_full_parser() {
+        let alphabet: Vec<char> = " :-#[]{},'\"\nabc0~.\u{e9}".chars().collect();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n.max(1) as u64) as usize
+        };
+        let mut accepted = 0;
+        let mut total = 0;
+        for text in CORPUS {
+            total += 1;
+            accepted += usize::from(check(text));
+            for _ in 0..1500 {
+                let mut chars: Vec<char> = text.chars().collect();
+                for _ in 0..1 + rnd(3) {
+                    let at = rnd(chars.len() + 1);
+                    match rnd(4) {
+                        0 if at < chars.len() => {
+                            chars.remove(at);
+                        }
+                        1 => chars.insert(at, alphabet[rnd(alphabet.len())]),
+                        2 => {
+                            // indent or dedent a line
+                            let lines: Vec<usize> = std::iter::once(0)
+                                .chain(
+                                    chars
+                                        .iter()
+                                        .enumerate()
+                                        .filter(|(_, c)| **c == '\n')
+                                        .map(|(i, _)| i + 1),
+                                )
+                                .collect();
+                            let l = lines[rnd(lines.len())];
+                            if rnd(2) == 0 {
+                                chars.insert(l.min(chars.len()), ' ');
+                            } else if chars.get(l) == Some(&' ') {
+                                chars.remove(l);
+                            }
+                        }
+                        _ => {
+                            if at < chars.len() {
+                                chars[at] = alphabet[rnd(alphabet.len())];
+                            }
+                        }
+                    }
+                }
+                let mutated: String = chars.into_iter().collect();
+                total += 1;
+                accepted += usize::from(check(&mutated));
+            }
+        }
+        eprintln!("fast path: {accepted} of {total} inputs accepted and identical");
+        // the comparison is not vacuous
+        assert!(accepted > total / 10, "{accepted} of {total}");
+    }
+}
