@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use clawfarm::desired::{BundleDesired, DesiredInstance};
 use clawfarm::driver::qemu::layout::volumes_dir;
-use clawfarm::driver::qemu::{QemuConfig, QemuDriver, qcow2_backing};
+use clawfarm::driver::qemu::{QemuConfig, QemuDriver};
 use clawfarm::driver::{Driver, Liveness};
 use clawfarm::home::Home;
 use clawfarm::input::clawspec::ProvisionStep;
 use clawfarm::input::manifest::Volume;
 use clawfarm::state::record::{Phase, ProcessId};
+use clawfarm::store::part::qcow2_backing;
 
 fn have(tool: &str) -> bool {
     Command::new(tool)

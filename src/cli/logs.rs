@@ -14,6 +14,7 @@ use crate::driver::boot::{GuestEvent, StepState};
 use crate::driver::{Driver, Liveness, LogKind};
 use crate::observe::{Observed, find_record, status_of};
 use crate::state::record::Record;
+use crate::util::text::prefix;
 
 /// Arguments of `clawfarm logs`.
 #[derive(Debug, Args, Clone)]
@@ -78,7 +79,11 @@ pub fn logs(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<u8> {
             out.flush()?;
             if !args.follow || st.done || st.failed.is_some() || !running() {
                 if st.events.is_empty() {
-                    writeln!(out, "(no bootstrap report yet from boot {})", short(&nonce))?;
+                    writeln!(
+                        out,
+                        "(no bootstrap report yet from boot {})",
+                        prefix(&nonce, 8)
+                    )?;
                 }
                 break;
             }
@@ -131,7 +136,12 @@ fn summary(drv: &dyn Driver, rec: &Record, out: &mut dyn Write) -> anyhow::Resul
     }
     if let Some(nonce) = rt.boot_nonce.as_deref() {
         let st = drv.boot_report(&rec.clawid, nonce)?;
-        writeln!(out, "bootstrap (boot {}): {}", short(nonce), st.summary())?;
+        writeln!(
+            out,
+            "bootstrap (boot {}): {}",
+            prefix(nonce, 8),
+            st.summary()
+        )?;
         for ev in &st.events {
             writeln!(out, "  {}", format_event(ev).replace('\n', "\n  "))?;
         }
@@ -151,10 +161,6 @@ fn summary(drv: &dyn Driver, rec: &Record, out: &mut dyn Write) -> anyhow::Resul
     }
     out.flush()?;
     Ok(())
-}
-
-fn short(nonce: &str) -> &str {
-    &nonce[..8.min(nonce.len())]
 }
 
 fn boot_nonce(drv: &dyn Driver, rec: &Record) -> anyhow::Result<String> {

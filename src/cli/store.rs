@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::{Ctx, Output, apply_lock, error_chain, print_table, runtime};
 use crate::state::record::Record;
-use crate::store::progress::human_bytes;
+use crate::util::text::human_bytes;
 
 /// Arguments of `clawfarm import`.
 #[derive(Debug, Args, Clone)]
@@ -81,7 +81,7 @@ pub fn images(ctx: &Ctx, args: &ImagesArgs) -> anyhow::Result<u8> {
                 let used = users.get(&it.digest).cloned().unwrap_or_default();
                 t.push([
                     format!("{:?}", it.kind).to_lowercase(),
-                    crate::plan::short(&it.digest).to_string(),
+                    crate::util::text::short(&it.digest).to_string(),
                     it.name.clone().unwrap_or_else(|| "-".into()),
                     human_bytes(it.size),
                     if used.is_empty() {

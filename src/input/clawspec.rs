@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::util::digest::is_sha256_hex;
+
 /// The only schema version this build understands.
 pub const SCHEMA_VERSION: u32 = 3;
 /// Supported `bootstrap.id` values.
@@ -197,11 +199,6 @@ pub fn is_env_key(s: &str) -> bool {
         _ => return false,
     }
     bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// Whether `s` is a lowercase 64-hex SHA-256 digest.
-pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Returned by [`ClawSpec::base`] on a spec that has no base image (never after validation).

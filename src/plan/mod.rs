@@ -21,6 +21,7 @@ use crate::input::clawspec::Image;
 use crate::input::manifest::DesiredState;
 use crate::observe::Observed;
 use crate::state::record::{Origin, Phase, Record};
+use crate::util::text::short;
 
 /// One idempotent step. Instance actions name the instance by CLAWID.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -109,11 +110,6 @@ impl fmt::Display for Action {
             other => write!(f, "{} {}", other.verb(), other.clawid().unwrap_or_default()),
         }
     }
-}
-
-/// The first 12 hex characters of a digest.
-pub fn short(digest: &str) -> &str {
-    &digest[..digest.len().min(12)]
 }
 
 /// What happens to one instance.

@@ -13,9 +13,8 @@
 //!   on `blobs/.locks/<sha256>.lock`, after which presence is checked again.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
@@ -28,6 +27,8 @@ use crate::store::fetch::{Target, copy_file, download_http};
 use crate::store::part::{BlobError, BlobKind, FetchOptions, hash_file};
 use crate::store::progress::Progress;
 use crate::util::digest::is_sha256_hex;
+use crate::util::lock::{POLL, try_lock_file};
+use crate::util::text::short;
 
 /// Scheme prefix of an image inside its bundle (`clawbox:///run.qcow2`).
 pub const CLAWBOX_SCHEME: &str = "clawbox:///";
@@ -60,61 +61,22 @@ fn inflight_mutex(key: &Path) -> Arc<tokio::sync::Mutex<()>> {
 }
 
 /// Take the exclusive lock of `lock_path` without blocking a runtime thread: try, then
-/// sleep and try again. `Ok(None)` from [`try_flock`] means "held by someone else".
-pub(crate) async fn flock_async(lock_path: &Path) -> Result<File, BlobError> {
+/// sleep and try again.
+async fn lock_async(lock_path: &Path) -> Result<File, BlobError> {
     let started = std::time::Instant::now();
     let mut told = false;
     loop {
-        if let Some(f) = try_flock(lock_path)? {
+        if let Some(f) =
+            try_lock_file(lock_path, 0o644).map_err(BlobError::io("cannot lock", lock_path))?
+        {
             return Ok(f);
         }
         if !told && started.elapsed() > Duration::from_secs(2) {
             told = true;
             tracing::info!(lock = %lock_path.display(), "waiting for another clawfarm process producing this blob");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     }
-}
-
-/// Open (creating) `lock_path` and try to take an exclusive `flock` on it.
-pub(crate) fn try_flock(lock_path: &Path) -> Result<Option<File>, BlobError> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(lock_path)
-        .map_err(BlobError::io("cannot open lock file", lock_path))?;
-    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(Some(f)),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(BlobError::Io {
-            action: "cannot lock",
-            path: lock_path.to_path_buf(),
-            source: e.into(),
-        }),
-    }
-}
-
-/// Take the exclusive lock of `lock_path`, blocking the calling thread.
-pub(crate) fn flock_blocking(lock_path: &Path) -> Result<File, BlobError> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(lock_path)
-        .map_err(BlobError::io("cannot open lock file", lock_path))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
-        BlobError::Io {
-            action: "cannot lock",
-            path: lock_path.to_path_buf(),
-            source: e.into(),
-        }
-    })?;
-    Ok(f)
 }
 
 // ---- refs ----------------------------------------------------------------------------------
@@ -385,17 +347,12 @@ impl BlobStore {
     pub(crate) async fn lock(&self, sha: &str) -> Result<BlobLock, BlobError> {
         let lock_path = self.lock_path(sha);
         let guard = inflight_mutex(&lock_path).lock_owned().await;
-        let file = flock_async(&lock_path).await?;
+        let file = lock_async(&lock_path).await?;
         Ok(BlobLock {
             _file: file,
             _guard: guard,
         })
     }
-}
-
-/// First 12 hex digits, for labels.
-pub fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }
 
 #[cfg(test)]

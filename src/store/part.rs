@@ -206,23 +206,79 @@ fn be_u64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// Classify an image from its first bytes (at least the first 104 for a qcow2; give
-/// more to have a backing file's name in the error). A qcow2 that names a backing file
-/// or an external data file is refused: blobs must be self-contained.
-pub fn check_disk_header(head: &[u8]) -> Result<DiskFormat, DiskProblem> {
+/// The fields of a qcow2 header that say where an image's data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qcow2Header {
+    /// Format version (2 or 3 are known).
+    pub version: u32,
+    /// Offset and length of the backing file name (`None`: no backing file).
+    pub backing: Option<(u64, u32)>,
+    /// Incompatible feature bits (version 3; bit 2 = external data file).
+    pub incompatible: u64,
+}
+
+/// Parse the qcow2 header at the start of `head`: `Ok(None)` when it is not a qcow2 at all.
+/// The one reader of qcow2 headers (the store's checks and the driver's overlays use it).
+pub fn parse_qcow2_header(head: &[u8]) -> Result<Option<Qcow2Header>, DiskProblem> {
     if head.len() < 4 || &head[..4] != QCOW2_MAGIC {
-        return Ok(DiskFormat::Raw);
+        return Ok(None);
     }
     if head.len() < 72 {
         return Err(DiskProblem::Truncated);
     }
     let version = be_u32(head, 4);
-    if version != 2 && version != 3 {
-        return Err(DiskProblem::Version(version));
-    }
     let backing_offset = be_u64(head, 8);
-    let backing_size = be_u32(head, 16) as u64;
-    if backing_offset != 0 || backing_size != 0 {
+    let backing_size = be_u32(head, 16);
+    let incompatible = if version >= 3 {
+        if head.len() < 104 {
+            return Err(DiskProblem::Truncated);
+        }
+        be_u64(head, 72)
+    } else {
+        0
+    };
+    Ok(Some(Qcow2Header {
+        version,
+        backing: (backing_offset != 0 || backing_size != 0)
+            .then_some((backing_offset, backing_size)),
+        incompatible,
+    }))
+}
+
+/// The backing file name a qcow2 file names (`None`: it has none). For reading overlays.
+pub fn qcow2_backing(path: &Path) -> io::Result<Option<String>> {
+    let mut f = File::open(path)?;
+    let mut head = Vec::with_capacity(HEAD_CAP);
+    (&mut f).take(HEAD_CAP as u64).read_to_end(&mut head)?;
+    let h = parse_qcow2_header(&head)
+        .map_err(|p| io::Error::new(io::ErrorKind::InvalidData, p.to_string()))?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a qcow2 file"))?;
+    let Some((off, len)) = h.backing else {
+        return Ok(None);
+    };
+    if len > 4096 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "qcow2 backing file name is too long",
+        ));
+    }
+    let mut name = vec![0u8; len as usize];
+    f.seek(SeekFrom::Start(off))?;
+    f.read_exact(&mut name)?;
+    Ok(Some(String::from_utf8_lossy(&name).into_owned()))
+}
+
+/// Classify an image from its first bytes (at least the first 104 for a qcow2; give
+/// more to have a backing file's name in the error). A qcow2 that names a backing file
+/// or an external data file is refused: blobs must be self-contained.
+pub fn check_disk_header(head: &[u8]) -> Result<DiskFormat, DiskProblem> {
+    let Some(h) = parse_qcow2_header(head)? else {
+        return Ok(DiskFormat::Raw);
+    };
+    if h.version != 2 && h.version != 3 {
+        return Err(DiskProblem::Version(h.version));
+    }
+    if let Some((backing_offset, backing_size)) = h.backing {
         let name = usize::try_from(backing_offset)
             .ok()
             .zip(usize::try_from(backing_size).ok())
@@ -231,14 +287,8 @@ pub fn check_disk_header(head: &[u8]) -> Result<DiskFormat, DiskProblem> {
             .unwrap_or_else(|| format!("<{backing_size} bytes at offset {backing_offset}>"));
         return Err(DiskProblem::BackingFile { name });
     }
-    if version == 3 {
-        if head.len() < 104 {
-            return Err(DiskProblem::Truncated);
-        }
-        let incompatible = be_u64(head, 72);
-        if incompatible & (1 << 2) != 0 {
-            return Err(DiskProblem::ExternalDataFile);
-        }
+    if h.incompatible & (1 << 2) != 0 {
+        return Err(DiskProblem::ExternalDataFile);
     }
     Ok(DiskFormat::Qcow2)
 }

@@ -14,6 +14,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::util::text::human_bytes;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Receives the start of transfers. Implement it to route progress somewhere else.
@@ -315,22 +316,6 @@ fn stderr_line(line: &str) {
     let _ = writeln!(e, "{line}");
 }
 
-/// `1.5 GiB`-style size.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 impl LineTask {
     /// The "started" line waits for the first news, so that it can carry the size
     /// (a download learns it from the response headers).
@@ -453,11 +438,5 @@ mod tests {
             seen.lock().unwrap().last(),
             Some(ProgressEvent::Finish { ok: false, .. })
         ));
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_bytes(5), "5 B");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 }

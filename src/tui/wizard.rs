@@ -22,10 +22,11 @@ use crossterm::style::Stylize;
 
 use crate::input::clawspec::{
     BOOTSTRAP_IDS, Bootstrap, ClawSpec, Image, Param, Params, ProvisionStep, SCHEMA_VERSION,
-    Validator, is_env_key, is_sha256_hex,
+    Validator, is_env_key,
 };
 use crate::input::manifest;
 use crate::tui::prompt::{self, PromptError, read_line};
+use crate::util::digest::is_sha256_hex;
 
 /// Options of `clawfarm new`.
 ///

@@ -6,3 +6,4 @@ pub mod fsutil;
 pub mod lock;
 pub mod par;
 pub mod secret;
+pub mod text;

@@ -43,8 +43,10 @@ use crate::home::Home;
 use crate::input::clawspec::Image;
 use crate::state::record::{ProcessId, Record, Runtime};
 use crate::store::blob::BlobStore;
+use crate::store::part::qcow2_backing;
 use crate::store::progress::Progress;
 use crate::util::fsutil;
+use crate::util::text::now_rfc3339;
 
 /// Settings of the host driver (from the environment by default).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -889,10 +891,6 @@ impl Driver for QemuDriver {
 
 // ---- helpers -------------------------------------------------------------------------------
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-}
-
 /// `provision[1] setup failed with exit code 3` and the last lines of its log.
 pub fn failure_message(phase: &str, code: i32, tail: &str) -> String {
     let lines: Vec<&str> = tail.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -1077,34 +1075,6 @@ fn qemu_errors(text: &str) -> String {
         .map(|l| l.trim())
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// The backing file name in a qcow2 header (`None` when it has none).
-pub fn qcow2_backing(path: &Path) -> io::Result<Option<String>> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = [0u8; 20];
-    f.read_exact(&mut h)?;
-    if &h[..4] != b"QFI\xfb" {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a qcow2 file",
-        ));
-    }
-    let off = u64::from_be_bytes(h[8..16].try_into().expect("8 bytes"));
-    let len = u32::from_be_bytes(h[16..20].try_into().expect("4 bytes"));
-    if off == 0 || len == 0 {
-        return Ok(None);
-    }
-    if len > 4096 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "qcow2 backing file name is too long",
-        ));
-    }
-    let mut name = vec![0u8; len as usize];
-    f.seek(SeekFrom::Start(off))?;
-    f.read_exact(&mut name)?;
-    Ok(Some(String::from_utf8_lossy(&name).into_owned()))
 }
 
 /// `qemu-img create -f qcow2 -F qcow2 -b BLOB TMP`, then fsync and rename TMP to DISK

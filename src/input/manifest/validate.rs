@@ -540,7 +540,7 @@ pub(super) fn validate_clawbox(ctx: &mut Ctx<'_>, node: &Node<'_>) -> Option<Cla
                 None
             }
             Some((_, v)) => ctx.string(v, "spec.clawbox.sha256").and_then(|d| {
-                if crate::input::clawspec::is_sha256_hex(d) {
+                if crate::util::digest::is_sha256_hex(d) {
                     Some(d.to_owned())
                 } else {
                     ctx.err(

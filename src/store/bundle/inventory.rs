@@ -302,7 +302,7 @@ pub fn gc(home: &Home, referenced: &BTreeSet<String>, dry_run: bool) -> GcReport
                 continue;
             }
             // Only parts nobody is downloading; keep the lock until the part is gone.
-            if let Ok(Some(l)) = try_flock(&store.lock_path(sha)) {
+            if let Ok(Some(l)) = try_lock_file(&store.lock_path(sha), 0o644) {
                 held.push(l);
                 temps.push(e.path());
             }

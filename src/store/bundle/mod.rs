@@ -31,16 +31,18 @@ use sha2::{Digest, Sha256};
 
 use crate::home::Home;
 use crate::input::clawspec::ClawSpec;
-use crate::store::blob::{BlobStore, ImageSource, flock_blocking, parse_ref, try_flock};
+use crate::store::blob::{BlobStore, ImageSource, parse_ref};
 use crate::store::part::{BUF_SIZE, BlobError, DiskProblem, HEAD_CAP, Part, check_disk_header};
 use crate::store::progress::{Progress, Tracker};
 use crate::util::digest::{is_sha256_hex, sha256_hex};
 use crate::util::fsutil;
+use crate::util::lock::try_lock_file;
 
 mod cache;
 mod inventory;
 mod untar;
 
+use crate::util::text::now_rfc3339;
 use cache::*;
 pub use cache::{cached_digest, clear_process_cache};
 use inventory::*;
@@ -422,10 +424,6 @@ impl ImportedBundle {
     }
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
 fn meta_for(
     kind: BundleKind,
     spec: &ClawSpec,
@@ -802,9 +800,15 @@ pub fn import_blocking(
     let _lock = match &known {
         Some((d, _)) => {
             let lp = locks.join(format!("{d}.lock"));
-            let l = flock_blocking(&lp).map_err(|source| BundleError::Store {
+            let l = crate::util::lock::lock(
+                &lp,
+                &format!("the import lock of bundle {d}"),
+                None,
+                |_| {},
+            )
+            .map_err(|e| BundleError::Store {
                 path: lp.clone(),
-                source: Box::new(source),
+                source: Box::new(BlobError::io("cannot lock", &lp)(io::Error::other(e))),
             })?;
             if is_imported(home, d) {
                 return read_imported(home, d);
@@ -1003,7 +1007,7 @@ fn publish_images(
         // A download part of the same blob is now useless (unless someone holds it).
         let dl = store.part_path(&s.sha);
         if dl.exists()
-            && let Ok(Some(_l)) = try_flock(&store.lock_path(&s.sha))
+            && let Ok(Some(_l)) = try_lock_file(&store.lock_path(&s.sha), 0o644)
         {
             let _ = fs::remove_file(&dl);
         }
