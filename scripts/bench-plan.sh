@@ -2,11 +2,14 @@
 # Steady-state `clawfarm plan -f DIR` at 1,000 and 10,000 manifests (nothing to do), end to
 # end: manifest parsing, bundle identification, params, records, probes, planning.
 # Targets on a 2-core machine: <= 50 ms and <= 500 ms. Uses the fake driver (no VMs).
+# `scripts/bench-plan.sh [OTHER_BINARY]` also times OTHER_BINARY (e.g. an older build) on
+# the same folders in the same run, alternating, so the two figures are comparable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 tdir=${CARGO_TARGET_DIR:-target}; case $tdir in /*) ;; *) tdir=$PWD/$tdir ;; esac
 bin=$tdir/release/clawfarm
+other=${1:-}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 export CLAWFARM_DRIVER=fake TEST_KEY=bench-secret
@@ -45,16 +48,19 @@ PY
   CLAWFARM_HOME=$home "$bin" apply -f "$dir" --parallelism 16 >/dev/null 2>&1
   CLAWFARM_HOME=$home "$bin" plan -f "$dir" >/dev/null   # exit 0 = steady
   runs=$([ "$n" -eq 1000 ] && echo 20 || echo 5)
-  python3 - "$bin" "$dir" "$home" "$runs" "$n" <<'PY'
+  python3 - "$dir" "$home" "$runs" "$n" "$bin" $other <<'PY'
 import subprocess, sys, time, os, statistics
-b, d, h, runs, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+d, h, runs, n, bins = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:]
 env = dict(os.environ, CLAWFARM_HOME=h)
-ts = []
+ts = {b: [] for b in bins}
 for _ in range(runs):
-    t = time.perf_counter()
-    r = subprocess.run([b, "plan", "-f", d], env=env, stdout=subprocess.DEVNULL)
-    ts.append((time.perf_counter() - t) * 1000)
-    assert r.returncode == 0, "not steady"
-print(f"plan, {n} manifests, steady state: median {statistics.median(ts):.0f} ms, min {min(ts):.0f} ms ({runs} runs)")
+    for b in bins:
+        t = time.perf_counter()
+        r = subprocess.run([b, "plan", "-f", d], env=env, stdout=subprocess.DEVNULL)
+        ts[b].append((time.perf_counter() - t) * 1000)
+        assert r.returncode == 0, f"{b}: not steady"
+for b in bins:
+    print(f"plan, {n} manifests, steady state: median {statistics.median(ts[b]):.0f} ms, "
+          f"min {min(ts[b]):.0f} ms ({runs} runs) [{b}]")
 PY
 done

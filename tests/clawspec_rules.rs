@@ -232,6 +232,17 @@ fn image_rules() {
         "image[0].ref",
         "must not be empty",
     );
+    // One grammar with the importer (which stores top-level archive files only).
+    expect_one(
+        |v| *ptr(v, "/image/0/ref") = json!("clawbox:///a/b"),
+        "image[0].ref",
+        "top-level file of the bundle",
+    );
+    expect_one(
+        |v| *ptr(v, "/image/0/ref") = json!("ftp://host/x.qcow2"),
+        "image[0].ref",
+        "unsupported scheme",
+    );
     expect_one(
         |v| {
             obj(v, "/image/1").insert("size".into(), json!(1));

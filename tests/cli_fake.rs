@@ -587,3 +587,38 @@ fn second_watch_on_the_same_home_refuses_naming_the_first() {
     );
     assert!(t.contains("clawfarm watch"), "names the holder: {t}");
 }
+
+/// Output into a closed pipe (`clawfarm events | head -1`) ends the verb as `ls | head`
+/// does: killed by SIGPIPE, nothing on stderr, never a panic (exit 101).
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let e = env();
+    assert!(e.run(&["apply", "-f", e.dir()]).status.success());
+    for args in [
+        vec!["events"],
+        vec!["ps"],
+        vec!["ps", "-o", "json"],
+        vec!["plan", "-f", e.dir()],
+        vec!["images"],
+        vec!["schema"],
+        vec!["completions", "bash"],
+    ] {
+        let mut child = e
+            .cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before anything is written
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+        assert!(stderr.is_empty(), "{args:?} printed: {stderr}");
+    }
+}

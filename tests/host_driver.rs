@@ -31,12 +31,17 @@ fn have(tool: &str) -> bool {
 
 /// A home with a sparse qcow2 "base image" of `gib` GiB stored as a blob (0444).
 fn home_with_base(gib: u64) -> (tempfile::TempDir, Home, String) {
+    home_with_base_as("qcow2", gib)
+}
+
+/// A home with a sparse base image of `gib` GiB in format `fmt` stored as a blob (0444).
+fn home_with_base_as(fmt: &str, gib: u64) -> (tempfile::TempDir, Home, String) {
     let d = tempfile::tempdir().unwrap();
     let home = Home::new(d.path().join("home"));
     home.ensure().unwrap();
-    let src = d.path().join("base.qcow2");
+    let src = d.path().join("base.img");
     let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
+        .args(["create", "-q", "-f", fmt])
         .arg(&src)
         .arg(format!("{gib}G"))
         .status()
@@ -142,6 +147,31 @@ async fn overlay_disk_is_instant_small_and_checked() {
     let missing = instance(&"e".repeat(64), "k1");
     let e = drv.create_disk(&missing).await.unwrap_err();
     assert!(format!("{e:#}").contains("is not in the store"), "{e:#}");
+}
+
+/// A raw base image (accepted by the store) gets an overlay whose backing format is raw:
+/// the format is read from the image, never assumed (RFC 003 §10).
+#[tokio::test]
+async fn overlay_on_a_raw_base_names_raw_as_its_backing_format() {
+    if !have("qemu-img") {
+        eprintln!("skipped: qemu-img not found");
+        return;
+    }
+    let (_d, home, sha) = home_with_base_as("raw", 1);
+    let drv = driver(&home);
+    let inst = instance(&sha, "k1");
+    drv.create_disk(&inst).await.unwrap();
+    let disk = drv.files(&inst.clawid).disk();
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["backing-filename-format"], "raw", "{info}");
+    assert_eq!(info["virtual-size"], 1u64 << 30);
 }
 
 #[tokio::test]

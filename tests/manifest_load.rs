@@ -265,3 +265,57 @@ spec:
     assert!(names_in_file_best_effort("").is_empty());
     assert!(names_in_file_best_effort(":::\n- [").is_empty());
 }
+
+/// The parse cache of `watch`: an unchanged file is reused, an edited one (even of the same
+/// size) is parsed again, a removed one leaves the cache, and the result is always the
+/// result of an uncached load.
+#[test]
+fn cached_load_sees_every_edit_and_matches_an_uncached_load() {
+    use clawfarm::input::manifest::{Cache, load_cached};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(d, "a.yaml", &claw("alpha", "  cpus: 2\n"));
+    write(d, "b.yaml", &claw("bravo", ""));
+    let paths = [d.to_path_buf()];
+    // Files just written are never trusted by identity alone.
+    let settled = Cache::default();
+    load_cached(&paths, Some(&settled));
+    assert_eq!(settled.len(), 0, "a file changed a moment ago is not kept");
+    // Trust identities at once, to see that an identity change is enough.
+    let cache = Cache::with_settle(std::time::Duration::ZERO);
+    let same = |c: &Cache| {
+        let cached = load_cached(&paths, Some(c));
+        let fresh = load(&paths);
+        assert_eq!(cached.claws, fresh.claws);
+        assert_eq!(cached.diagnostics, fresh.diagnostics);
+        assert_eq!(cached.bad_files, fresh.bad_files);
+        cached
+    };
+    let r = same(&cache);
+    assert_eq!(cache.len(), 2);
+    assert_eq!(r.claws[0].cpus, 2);
+
+    // Same size, other content. File times tick coarsely (that is why a real cache waits
+    // for SETTLE); step past one tick so that this edit has a new identity.
+    let tick = || std::thread::sleep(std::time::Duration::from_millis(30));
+    tick();
+    write(d, "a.yaml", &claw("alpha", "  cpus: 3\n"));
+    let r = same(&cache);
+    assert_eq!(r.claws[0].cpus, 3, "an edit of the same size is seen");
+
+    // an edit that breaks the file
+    tick();
+    write(d, "b.yaml", &claw("bravo", "  cpus: [\n"));
+    let r = same(&cache);
+    assert_eq!(r.bad_files.len(), 1);
+    assert!(
+        r.diagnostics[0].to_string().contains("b.yaml:7:"),
+        "{:?}",
+        r.diagnostics
+    );
+
+    fs::remove_file(d.join("b.yaml")).unwrap();
+    let r = same(&cache);
+    assert_eq!(r.claws.len(), 1);
+    assert_eq!(cache.len(), 1, "a removed file leaves the cache");
+}

@@ -424,7 +424,7 @@ fn bad_flag_values_give_errors_naming_the_flag() {
         ),
         (
             base(&["--run-ref", "clawbox://x"], &[]),
-            "--run-ref <REF>': clawbox:///PATH names a file inside the bundle",
+            "--run-ref <REF>': clawbox:///NAME names a top-level file of the bundle",
         ),
         (
             base(&["--run-ref", "clawbox:///run.qcow2"], &[]),

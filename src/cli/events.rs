@@ -29,14 +29,14 @@ pub fn events(ctx: &Ctx, args: &EventsArgs) -> anyhow::Result<u8> {
                 .as_deref()
                 .is_none_or(|n| e.instance.starts_with(n))
         }) {
-            println!(
+            outln!(
                 "{}  {:<20} {:<12} {:<9} {}",
                 humantime::format_rfc3339_millis(e.time),
                 e.instance,
                 e.action,
                 e.result,
                 e.message
-            );
+            )?;
         }
         shown = all.len();
         if !args.follow {

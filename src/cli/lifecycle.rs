@@ -46,7 +46,7 @@ pub fn stop(ctx: &Ctx, args: &StopArgs) -> anyhow::Result<u8> {
         "clawfarm stop",
         say_waiting(),
     ))?;
-    println!("{} stopped ({outcome})", r.clawid);
+    outln!("{} stopped ({outcome})", r.clawid)?;
     Ok(0)
 }
 
@@ -62,7 +62,7 @@ pub fn start(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<u8> {
         say_waiting(),
     ))?;
     if args.no_wait {
-        println!("{} started", r.clawid);
+        outln!("{} started", r.clawid)?;
         return Ok(0);
     }
     eprintln!(
@@ -70,7 +70,7 @@ pub fn start(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<u8> {
         r.clawid
     );
     let r = rt.block_on(ops::wait_ready(&ctx.home, &*driver, &r))?;
-    println!("{} ready", r.clawid);
+    outln!("{} ready", r.clawid)?;
     Ok(0)
 }
 
@@ -86,6 +86,6 @@ pub fn rm(ctx: &Ctx, args: &RmArgs) -> anyhow::Result<u8> {
         "clawfarm rm",
         say_waiting(),
     ))?;
-    println!("{} removed", r.clawid);
+    outln!("{} removed", r.clawid)?;
     Ok(0)
 }

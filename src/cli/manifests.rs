@@ -68,7 +68,7 @@ fn report_preparation(p: &Prepared) {
 /// `clawfarm validate`.
 pub fn validate(ctx: &Ctx, args: &ValidateArgs) -> anyhow::Result<u8> {
     ctx.ensure_home()?;
-    let d = runtime()?.block_on(load_desired(ctx, &args.files, false))?;
+    let d = runtime()?.block_on(load_desired(ctx, &args.files, false, None))?;
     print_diagnostics(&d);
     if d.diagnostics.is_empty() {
         eprintln!(
@@ -87,18 +87,18 @@ pub fn validate(ctx: &Ctx, args: &ValidateArgs) -> anyhow::Result<u8> {
 pub fn plan(ctx: &Ctx, args: &PlanArgs) -> anyhow::Result<u8> {
     ctx.ensure_home()?;
     let driver = ctx.driver()?;
-    let d = runtime()?.block_on(load_desired(ctx, &args.files, true))?;
+    let d = runtime()?.block_on(load_desired(ctx, &args.files, true, None))?;
     let p = pass::prepare(&ctx.home, &*driver, d, args.prune);
     report_preparation(&p);
     for e in &p.record_errors {
         eprintln!("warning: {}", error_chain(e));
     }
     match args.output {
-        Output::Text => print!("{}", p.plan.render()),
+        Output::Text => out!("{}", p.plan.render())?,
         Output::Json => {
             let mut v = p.plan.to_json();
             v["diagnostics"] = serde_json::to_value(&p.desired.diagnostics)?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?)?;
         }
     }
     Ok(if !p.desired.diagnostics.is_empty() {
@@ -117,7 +117,7 @@ pub fn apply(ctx: &Ctx, args: &ApplyArgs) -> anyhow::Result<u8> {
     let _lock = apply_lock(&ctx.home, args.lock_timeout)?;
     pass::sweep_temp_files(&ctx.home);
     let rt = runtime()?;
-    let d = rt.block_on(load_desired(ctx, &args.plan.files, true))?;
+    let d = rt.block_on(load_desired(ctx, &args.plan.files, true, None))?;
     let p = pass::prepare(&ctx.home, &*driver, d, args.plan.prune);
     report_preparation(&p);
     let exec = ExecOptions {
@@ -142,7 +142,7 @@ pub fn apply(ctx: &Ctx, args: &ApplyArgs) -> anyhow::Result<u8> {
             for (action, err) in out.report.root_failures() {
                 eprintln!("failed: {action}: {err}");
             }
-            println!("{}", out.report.summary());
+            outln!("{}", out.report.summary())?;
         }
         Output::Json => {
             let v = serde_json::json!({
@@ -152,7 +152,7 @@ pub fn apply(ctx: &Ctx, args: &ApplyArgs) -> anyhow::Result<u8> {
                 "nodes": out.report.nodes,
                 "diagnostics": out.diagnostics,
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?)?;
         }
     }
     Ok(if ok { 0 } else { 1 })

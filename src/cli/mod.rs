@@ -18,6 +18,24 @@ use crate::home::Home;
 use crate::state::events::{Event, EventSink};
 use crate::util::lock;
 
+/// `println!` to stdout that returns an `io::Result` instead of panicking when stdout is a
+/// closed pipe (`clawfarm events | head -1`); [`main`] ends quietly on that error.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `print!` to stdout, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut o = std::io::stdout().lock();
+        write!(o, $($arg)*).and_then(|()| o.flush())
+    }};
+}
+
 mod events;
 mod lifecycle;
 mod logs;
@@ -159,11 +177,34 @@ pub fn main() -> std::process::ExitCode {
     init_logging(cli.log_format, level);
     match run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
+        Err(e) if is_broken_pipe(&e) => quit_on_broken_pipe(),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// Whether `e` comes from writing into a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The reader of our stdout went away (`| head`): end as `ls | head` does, killed by
+/// SIGPIPE, with nothing on stderr. SIGPIPE stays ignored for the rest of the program
+/// (Rust's default), so a closed socket is an error, never a death; it is restored only
+/// here, at the very end.
+fn quit_on_broken_pipe() -> std::process::ExitCode {
+    // SAFETY: restoring the default disposition and raising a signal at exit; no handler
+    // of ours is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::ExitCode::from(141)
 }
 
 fn init_logging(fmt: LogFormat, default: &str) {
@@ -196,19 +237,16 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Rm(a) => lifecycle::rm(&ctx, &a),
         Command::New(a) => crate::tui::wizard::run(&a),
         Command::Schema => {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&crate::input::manifest::json_schema())?
-            );
+            )?;
             Ok(0)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "clawfarm",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "clawfarm", &mut script);
+            out!("{}", String::from_utf8_lossy(&script))?;
             Ok(0)
         }
         Command::Run(a) => run::run(&ctx, a),
@@ -240,7 +278,14 @@ fn param_env_lookup(name: &str) -> Option<String> {
 /// With `prompts`, on a terminal ([`crate::tui::prompt::is_interactive`]), params that
 /// nothing resolves are asked for; Ctrl-C at a prompt is an error, before anything
 /// changes. `validate` and `watch` never prompt.
-async fn load_desired(ctx: &Ctx, files: &[PathBuf], prompts: bool) -> anyhow::Result<Desired> {
+///
+/// `cache` keeps parsed manifests between calls (watch).
+async fn load_desired(
+    ctx: &Ctx,
+    files: &[PathBuf],
+    prompts: bool,
+    cache: Option<&crate::input::manifest::Cache>,
+) -> anyhow::Result<Desired> {
     let key = ctx
         .home
         .secret_key()
@@ -258,6 +303,7 @@ async fn load_desired(ctx: &Ctx, files: &[PathBuf], prompts: bool) -> anyhow::Re
         files,
         &crate::desired::resolve::StoreResolver,
         &penv,
+        cache,
     )
     .await;
     if let Some(at) = tty.interrupted() {
@@ -305,7 +351,7 @@ fn progress_sink(home: &Home) -> EventSink {
 }
 
 /// Print rows as aligned columns (the first row is the header).
-fn print_table<const N: usize>(rows: &[[String; N]]) {
+fn print_table<const N: usize>(rows: &[[String; N]]) -> std::io::Result<()> {
     let mut w = [0usize; N];
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -321,8 +367,9 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
                 line.push_str(&format!("{c:<width$}   ", width = w[i]));
             }
         }
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end())?;
     }
+    Ok(())
 }
 
 /// `outer: inner: cause` for any error, each level once.

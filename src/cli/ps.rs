@@ -36,7 +36,7 @@ pub fn ps(ctx: &Ctx, args: &PsArgs) -> anyhow::Result<u8> {
         eprintln!("warning: {}", error_chain(e));
     }
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&rows)?)?,
         Output::Text => {
             let mut t = vec![
                 [
@@ -65,7 +65,7 @@ pub fn ps(ctx: &Ctx, args: &PsArgs) -> anyhow::Result<u8> {
                     err,
                 ]);
             }
-            print_table(&t);
+            print_table(&t)?;
         }
     }
     Ok(0)

@@ -124,7 +124,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<u8> {
     ));
     let ok = out.report.ok();
     match args.output {
-        Output::Json => println!(
+        Output::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "ok": ok,
@@ -132,12 +132,12 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<u8> {
                 "name": inst.name,
                 "nodes": out.report.nodes,
             }))?
-        ),
+        )?,
         Output::Text => {
             for (action, err) in out.report.root_failures() {
                 eprintln!("failed: {action}: {err}");
             }
-            println!("{}", inst.clawid);
+            outln!("{}", inst.clawid)?;
         }
     }
     Ok(if ok { 0 } else { 1 })

@@ -44,7 +44,7 @@ pub fn import(ctx: &Ctx, args: &ImportArgs) -> anyhow::Result<u8> {
         &args.bundle,
         &crate::store::progress::Progress::stderr(),
     ))?;
-    println!(
+    outln!(
         "{} {} ({})",
         b.digest,
         b.clawspec.name,
@@ -53,7 +53,7 @@ pub fn import(ctx: &Ctx, args: &ImportArgs) -> anyhow::Result<u8> {
         } else {
             "already imported"
         }
-    );
+    )?;
     Ok(0)
 }
 
@@ -73,7 +73,7 @@ pub fn images(ctx: &Ctx, args: &ImagesArgs) -> anyhow::Result<u8> {
                     v
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&rows)?);
+            outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         }
         Output::Text => {
             let mut t = vec![["KIND", "DIGEST", "NAME", "SIZE", "USED BY"].map(String::from)];
@@ -91,7 +91,7 @@ pub fn images(ctx: &Ctx, args: &ImagesArgs) -> anyhow::Result<u8> {
                     },
                 ]);
             }
-            print_table(&t);
+            print_table(&t)?;
         }
     }
     Ok(0)
@@ -117,24 +117,24 @@ pub fn gc(ctx: &Ctx, args: &GcArgs) -> anyhow::Result<u8> {
         "removed"
     };
     for it in &rep.removed {
-        println!(
+        outln!(
             "{verb} {} {} ({})",
             format!("{:?}", it.kind).to_lowercase(),
             it.digest,
             human_bytes(it.size)
-        );
+        )?;
     }
     for p in &rep.temp {
-        println!("{verb} leftover {}", p.display());
+        outln!("{verb} leftover {}", p.display())?;
     }
     for f in &rep.failures {
         eprintln!("error: {f:?}");
     }
-    println!(
+    outln!(
         "{} {}, kept {} item(s)",
         verb,
         human_bytes(rep.freed_bytes),
         rep.kept.len()
-    );
+    )?;
     Ok(if rep.failures.is_empty() { 0 } else { 1 })
 }

@@ -38,12 +38,21 @@ pub struct WatchArgs {
 struct FolderRunner {
     ctx: Ctx,
     dir: PathBuf,
+    /// Parsed manifests, so that a pass re-parses only the files that changed.
+    cache: crate::input::manifest::Cache,
 }
 
 #[async_trait::async_trait]
 impl PassRunner for FolderRunner {
     async fn desired(&mut self) -> Desired {
-        match load_desired(&self.ctx, std::slice::from_ref(&self.dir), false).await {
+        match load_desired(
+            &self.ctx,
+            std::slice::from_ref(&self.dir),
+            false,
+            Some(&self.cache),
+        )
+        .await
+        {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!("{e:#}");
@@ -78,6 +87,7 @@ pub fn watch(ctx: &Ctx, args: WatchArgs) -> anyhow::Result<u8> {
         let mut runner = FolderRunner {
             ctx: ctx.clone(),
             dir: cfg.dir.clone(),
+            cache: Default::default(),
         };
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

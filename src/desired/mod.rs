@@ -132,14 +132,16 @@ pub struct ParamEnv<'a> {
     pub command_line: bool,
 }
 
-/// Load manifests from `paths` into a desired state.
+/// Load manifests from `paths` into a desired state, reusing the parses kept in `cache`
+/// (watch keeps one) for files that did not change.
 pub async fn load(
     home: &Home,
     paths: &[PathBuf],
     resolver: &dyn BundleResolver,
     penv: &ParamEnv<'_>,
+    cache: Option<&crate::input::manifest::Cache>,
 ) -> Desired {
-    let lr = crate::input::manifest::load(paths);
+    let lr = crate::input::manifest::load_cached(paths, cache);
     let mut out = Desired {
         diagnostics: lr.diagnostics,
         files: lr.files,

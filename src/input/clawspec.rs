@@ -327,8 +327,8 @@ impl ClawSpec {
                     ),
                 ),
             }
-            if image.reference.trim().is_empty() {
-                p.push(format!("image[{i}].ref"), "must not be empty");
+            if let Err(e) = crate::input::image_ref::parse_ref(&image.reference) {
+                p.push(format!("image[{i}].ref"), e.reason);
             }
             if !is_sha256_hex(&image.sha256) {
                 p.push(

@@ -1,5 +1,6 @@
 //! The two input formats, parsed and validated without effects: manifests (`kind: Claw`,
-//! YAML or JSON) and clawspecs (the bundle's `clawspec.json`, v3).
+//! YAML or JSON), clawspecs (the bundle's `clawspec.json`, v3) and their image refs.
 
 pub mod clawspec;
+pub mod image_ref;
 pub mod manifest;

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use crate::home::Home;
 use crate::input::clawspec::Image;
+use crate::input::image_ref::RefError;
 use crate::store::catalog::Catalog;
 use crate::store::fetch::{Target, copy_file, download_http};
 use crate::store::part::{BlobError, BlobKind, FetchOptions, hash_file};
@@ -30,8 +31,7 @@ use crate::util::digest::is_sha256_hex;
 use crate::util::lock::{POLL, try_lock_file};
 use crate::util::text::short;
 
-/// Scheme prefix of an image inside its bundle (`clawbox:///run.qcow2`).
-pub const CLAWBOX_SCHEME: &str = "clawbox:///";
+pub use crate::input::image_ref::{CLAWBOX_SCHEME, ImageSource, parse_ref};
 
 // ---- locks ---------------------------------------------------------------------------------
 
@@ -77,54 +77,6 @@ async fn lock_async(lock_path: &Path) -> Result<File, BlobError> {
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-// ---- refs ----------------------------------------------------------------------------------
-
-/// Where an image ref points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageSource {
-    /// `http://` or `https://`.
-    Http(String),
-    /// `file:///ABS/PATH`.
-    File(PathBuf),
-    /// `clawbox:///NAME`: a top-level file of the bundle, stored by import.
-    Clawbox(String),
-    /// A catalog name such as `ubuntu:24.04`.
-    Name(String),
-}
-
-/// Classify an image ref (no I/O).
-pub fn parse_ref(reference: &str) -> Result<ImageSource, BlobError> {
-    let unsupported = || BlobError::UnsupportedRef {
-        reference: reference.to_string(),
-    };
-    if let Some(rest) = reference.strip_prefix(CLAWBOX_SCHEME) {
-        let ok = !rest.is_empty()
-            && !rest.contains('/')
-            && rest != "."
-            && rest != ".."
-            && !rest.contains('\0');
-        return if ok {
-            Ok(ImageSource::Clawbox(rest.to_string()))
-        } else {
-            Err(unsupported())
-        };
-    }
-    if reference.starts_with("http://") || reference.starts_with("https://") {
-        let u = reqwest::Url::parse(reference).map_err(|_| unsupported())?;
-        return Ok(ImageSource::Http(u.to_string()));
-    }
-    if reference.starts_with("file://") {
-        let u = reqwest::Url::parse(reference).map_err(|_| unsupported())?;
-        let p = u.to_file_path().map_err(|_| unsupported())?;
-        return Ok(ImageSource::File(p));
-    }
-    if reference.contains("://") || reference.is_empty() || reference.contains(char::is_whitespace)
-    {
-        return Err(unsupported());
-    }
-    Ok(ImageSource::Name(reference.to_string()))
 }
 
 // ---- the store -----------------------------------------------------------------------------
@@ -238,7 +190,11 @@ impl BlobStore {
                 })?;
                 match parse_ref(&url)? {
                     s @ (ImageSource::Http(_) | ImageSource::File(_)) => Ok(s),
-                    _ => Err(BlobError::UnsupportedRef { reference: url }),
+                    _ => Err(RefError::new(
+                        &url,
+                        "a catalog entry must be an http(s):// or file:/// URL",
+                    )
+                    .into()),
                 }
             }
             other => Ok(other),
@@ -298,9 +254,9 @@ impl BlobStore {
         let source = match parse_ref(url)? {
             s @ (ImageSource::Http(_) | ImageSource::File(_)) => s,
             _ => {
-                return Err(BlobError::UnsupportedRef {
-                    reference: url.to_string(),
-                });
+                return Err(
+                    RefError::new(url, "only http(s):// and file:/// URLs are fetched").into(),
+                );
             }
         };
         let label = url.rsplit('/').next().unwrap_or(url).to_string();
@@ -334,10 +290,10 @@ impl BlobStore {
                 download_http(&target, self.client()?, url, sha, label, kind, progress).await?
             }
             ImageSource::File(path) => copy_file(&target, path, sha, label, kind, progress).await?,
-            ImageSource::Clawbox(_) | ImageSource::Name(_) => {
-                return Err(BlobError::UnsupportedRef {
-                    reference: format!("{source:?}"),
-                });
+            ImageSource::Clawbox(name) | ImageSource::Name(name) => {
+                return Err(
+                    RefError::new(name, "only http(s):// and file:/// URLs are fetched").into(),
+                );
             }
         }
         Ok(dest)
@@ -352,34 +308,5 @@ impl BlobStore {
             _file: file,
             _guard: guard,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refs() {
-        assert_eq!(
-            parse_ref("clawbox:///run.qcow2").unwrap(),
-            ImageSource::Clawbox("run.qcow2".into())
-        );
-        assert!(parse_ref("clawbox:///a/b").is_err());
-        assert!(parse_ref("clawbox:///..").is_err());
-        assert_eq!(
-            parse_ref("file:///tmp/x.img").unwrap(),
-            ImageSource::File("/tmp/x.img".into())
-        );
-        assert!(matches!(
-            parse_ref("https://h/x").unwrap(),
-            ImageSource::Http(_)
-        ));
-        assert_eq!(
-            parse_ref("ubuntu:24.04").unwrap(),
-            ImageSource::Name("ubuntu:24.04".into())
-        );
-        assert!(parse_ref("ftp://h/x").is_err());
-        assert!(parse_ref("").is_err());
     }
 }

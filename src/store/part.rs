@@ -31,13 +31,8 @@ pub enum BlobError {
         sha256: String,
     },
     /// An image ref with an unknown scheme or a malformed URL.
-    #[error(
-        "unsupported image ref {reference:?} (want http(s)://, file:///, clawbox:/// or a catalog name)"
-    )]
-    UnsupportedRef {
-        /// The ref.
-        reference: String,
-    },
+    #[error(transparent)]
+    UnsupportedRef(#[from] crate::input::image_ref::RefError),
     /// A catalog name that neither the built-in catalog nor the user's knows.
     #[error("unknown image name {name:?} (not in the built-in catalog nor in {catalog})")]
     UnknownName {

@@ -210,69 +210,11 @@ pub fn check_display_name(s: &str) -> Result<(), String> {
     check_bundle_name(s).map_err(|m| m.replace("a bundle name", "a display name"))
 }
 
-static CATALOG: LazyLock<regex::Regex> = LazyLock::new(|| {
-    regex::Regex::new(r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-        .expect("catalog name pattern")
-});
-
-/// An image ref: `http(s)://HOST/…`, `file:///ABSOLUTE`, `clawbox:///PATH` (a file inside
-/// the bundle) or a catalog name `name:tag` (`ubuntu:24.04`).
+/// An image ref, in the one grammar of [`crate::input::image_ref`] (the importer's).
 pub fn check_image_ref(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("an image ref is required".into());
-    }
-    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("must not contain spaces or control characters".into());
-    }
-    if let Some((scheme, rest)) = s.split_once("://") {
-        return match scheme {
-            "http" | "https" => {
-                if rest.split('/').next().is_some_and(|h| !h.is_empty()) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{scheme}:// needs a host, e.g. {scheme}://example.com/base.qcow2"
-                    ))
-                }
-            }
-            "file" => {
-                if rest.len() > 1 && rest.starts_with('/') {
-                    Ok(())
-                } else {
-                    Err("file:// needs an absolute path, e.g. file:///srv/images/base.qcow2".into())
-                }
-            }
-            "clawbox" => match rest.strip_prefix('/') {
-                Some(p) if !p.is_empty() && !p.starts_with('/') => {
-                    if p.split('/')
-                        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-                    {
-                        Err("clawbox:/// paths must not contain empty, . or .. segments".into())
-                    } else {
-                        Ok(())
-                    }
-                }
-                _ => Err(
-                    "clawbox:///PATH names a file inside the bundle, e.g. clawbox:///run.qcow2"
-                        .into(),
-                ),
-            },
-            _ => Err(
-                "unsupported scheme: use http://, https://, file://, clawbox:/// or a catalog \
-                 name such as ubuntu:24.04"
-                    .into(),
-            ),
-        };
-    }
-    if CATALOG.is_match(s) {
-        Ok(())
-    } else {
-        Err(
-            "expected a URL (http://, https://, file://, clawbox:///) or a catalog name \
-             such as ubuntu:24.04"
-                .into(),
-        )
-    }
+    crate::input::image_ref::parse_ref(s)
+        .map(|_| ())
+        .map_err(|e| e.reason)
 }
 
 /// A lowercase 64-hex SHA-256.
@@ -1398,7 +1340,6 @@ mod tests {
             "http://10.0.0.1:8080/x",
             "file:///srv/base.qcow2",
             "clawbox:///run.qcow2",
-            "clawbox:///images/run.qcow2",
             "ubuntu:24.04",
             "library/debian:bookworm-slim",
         ] {
@@ -1411,6 +1352,9 @@ mod tests {
             "file://relative",
             "clawbox://run.qcow2",
             "clawbox:///../x",
+            // import refuses files below the top level of the archive: so does the wizard
+            "clawbox:///images/run.qcow2",
+            "clawbox:///a/b",
             "ubuntu",
             "Ubuntu:24.04",
             "a b:1",

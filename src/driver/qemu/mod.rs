@@ -1077,12 +1077,18 @@ fn qemu_errors(text: &str) -> String {
         .join("; ")
 }
 
-/// `qemu-img create -f qcow2 -F qcow2 -b BLOB TMP`, then fsync and rename TMP to DISK
+/// `qemu-img create -f qcow2 -F FORMAT -b BLOB TMP` (FORMAT read from the blob), then fsync
+/// and rename TMP to DISK
 /// (0600). Copies nothing: the overlay holds only a header until the guest writes.
 pub fn create_overlay(qemu_img: &Path, blob: &Path, tmp: &Path, disk: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(tmp);
+    // The backing format is the stored image's own, never assumed (RFC 003 §10).
+    let backing_format = match crate::store::part::disk_format(blob)? {
+        crate::store::part::DiskFormat::Qcow2 => "qcow2",
+        crate::store::part::DiskFormat::Raw => "raw",
+    };
     let out = Command::new(qemu_img)
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
         .arg(blob)
         .arg(tmp)
         .stdin(Stdio::null())

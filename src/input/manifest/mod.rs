@@ -10,7 +10,6 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
 
-mod fast;
 mod schema;
 mod validate;
 mod yaml;
@@ -326,6 +325,112 @@ pub fn parse_str(file: &Path, text: &str) -> Result<Vec<Claw>, Vec<Diagnostic>> 
 /// is listed in [`LoadResult::bad_files`]; a path that cannot be read is listed there too.
 /// Files are parsed on up to 4 threads when there are many.
 pub fn load(paths: &[PathBuf]) -> LoadResult {
+    load_cached(paths, None)
+}
+
+/// Parsed manifest files kept between loads (one per `watch`), so that a pass re-parses only
+/// the files that changed. An entry is reused while the file's identity (device, inode,
+/// size, modification and change times) is the same; a file that no longer exists under
+/// the loaded paths leaves the cache at the next load.
+///
+/// File times have a coarse clock (a few ms), so two writes of the same size in one tick
+/// look alike. As git does with its "racy" entries, a file changed less than
+/// [`Cache::SETTLE`] ago is parsed every time and kept only once it has settled.
+#[derive(Debug)]
+pub struct Cache {
+    entries: std::sync::Mutex<HashMap<PathBuf, (FileId, FileParse)>>,
+    settle: std::time::Duration,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache::with_settle(Cache::SETTLE)
+    }
+}
+
+/// The identity of a file's content as far as `stat` tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    /// The identity of `file`, and whether it changed within `settle` of now.
+    fn of(file: &Path, settle: std::time::Duration) -> Option<(FileId, bool)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(file).ok()?;
+        let changed = std::time::UNIX_EPOCH
+            + std::time::Duration::new(m.ctime().max(0) as u64, m.ctime_nsec().max(0) as u32);
+        let recent = std::time::SystemTime::now()
+            .duration_since(changed)
+            .map_or(true, |age| age < settle);
+        Some((
+            FileId {
+                dev: m.dev(),
+                ino: m.ino(),
+                size: m.size(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
+            },
+            recent,
+        ))
+    }
+}
+
+impl Cache {
+    /// How long after its last change a file is parsed again at every load.
+    pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// A cache that trusts a file's identity once it has not changed for `settle`.
+    pub fn with_settle(settle: std::time::Duration) -> Cache {
+        Cache {
+            entries: Default::default(),
+            settle,
+        }
+    }
+
+    /// The number of files whose parse is kept.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (FileId, FileParse)>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Parse `file`, or reuse its parse if the file is unchanged. The identity is read
+    /// before the content, so a change racing the read is seen at the next load.
+    fn parse(&self, file: &Path) -> FileParse {
+        let Some((id, recent)) = FileId::of(file, self.settle) else {
+            return read_and_parse(file);
+        };
+        if !recent
+            && let Some((known, parse)) = self.lock().get(file)
+            && *known == id
+        {
+            return parse.clone();
+        }
+        let parse = read_and_parse(file);
+        if recent {
+            self.lock().remove(file);
+        } else {
+            self.lock().insert(file.to_path_buf(), (id, parse.clone()));
+        }
+        parse
+    }
+}
+
+/// [`load`], reusing the parses kept in `cache` for files that did not change.
+pub fn load_cached(paths: &[PathBuf], cache: Option<&Cache>) -> LoadResult {
     let mut result = LoadResult::default();
     let mut files: Vec<PathBuf> = Vec::new();
     for p in paths {
@@ -337,7 +442,15 @@ pub fn load(paths: &[PathBuf]) -> LoadResult {
         seen.insert(std::path::absolute(f).map_or_else(|_| f.clone(), |a| normalize(&a)))
     });
 
-    let parsed = parse_files(&files);
+    let parsed = match cache {
+        None => parse_files(&files),
+        Some(cache) => {
+            let parsed = crate::util::par::par_map(&files, |f| cache.parse(f));
+            let current: HashSet<&PathBuf> = files.iter().collect();
+            cache.lock().retain(|f, _| current.contains(f));
+            parsed
+        }
+    };
     let declared: Vec<&Declared> = parsed.iter().flat_map(|p| &p.declared).collect();
     let (name_diags, name_files) = check_names(&declared);
     result.bad_files.extend(name_files);
@@ -590,147 +703,4 @@ fn unquote(v: &str) -> String {
         .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
         .unwrap_or(v);
     v.trim().to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CORPUS: &[&str] = &[
-        include_str!("../../../tests/fixtures/manifests/valid/demo-a.yaml"),
-        include_str!("../../../tests/fixtures/manifests/valid/multi.yaml"),
-        include_str!("../../../tests/fixtures/manifests/valid/team/minimal.yml"),
-        include_str!("../../../tests/fixtures/manifests/valid/team/from-json.json"),
-        include_str!("../../../tests/fixtures/manifests/invalid/unknown-field.yaml"),
-        include_str!("../../../tests/fixtures/manifests/invalid/bad-memory.yaml"),
-        include_str!("../../../tests/fixtures/manifests/invalid/syntax.yaml"),
-        "a:\n  b: 1\n  c:\n  d: 'q'\n  e: \"w\"\nl:\n- x\n-   y\n- k: 1\n  m:\n- \n  - z\nf: [a, {b: c}, []]\ng: {}\nh:    # c\n  - 1\ni: x # c\n",
-        "---\n---\n# c\n...\n---\na: 1\n...\n",
-        "- a\n- b: c\n  d: [e, 'f', \"g\"]\n-\n  - h\n",
-        "spec:\n  ports:\n  - host: 1\n    guest: 2\n  - {host: 3, guest: 4}\n  params:\n    A: {env: B}\n    C: héllo wörld\n    D: \"ü: x\"\n    E: x:y\n    F: http://a/b\n",
-        "a: b c  \nd:   e\nf : g\n'h': i\nj: 'k''l'\nm: \"n\"o\n",
-        "a:\n- 1\n- 2\nb:\n    - 3\n    -    4\nc: [ 1 , 2 ]\nd: {x: 1, y: [2, 3], z: {w: v}}\n",
-        "  a: 1\n  b: 2\n",
-        "a: 1\n b: 2\n",
-        "a:\n  b: 1\n c: 2\n",
-        "a: [1, 2,]\nb: {c: 1,}\nc: [a: b]\nd: {e}\n",
-        "a: - b\nc: -\nd: -1\ne: --x\n",
-        "a: 'x' # c\nb: \"#\"\nc: x#y\n",
-        "{a: 1}\n",
-        "[1, 2]\n",
-        "a: b: c\n",
-        "a:\n  - b\n  c: d\n",
-        "a: 1\n---\nb\n---\n- c\n",
-        "a:  \nb: 'b'c\nc: x\n\n\nd: y\ne: [b, c]  # comment\n",
-        "- a: 1\n  b:\n    c: 2\n- d\n",
-        "a:\n- b\n- c\nd: e\n",
-        "a: \"\"\nb: ''\nc: [\"x, y\", 'z']\nd: {b: [1, {c: d}]}\n",
-        "a: 0.5\nb: .inf\nc: ~\nd: null\ne: true\nf: 0x1F\ng: 012\n",
-        "a: b\n  # indented comment\nc: d\n",
-        "a:\n\n  b: 1\n",
-        "\u{e9}: 1\nk: \u{e9}t\u{e9}\nl: [\u{e9}, \u{e9}\u{e9}]\n",
-        "a: 'x'  \n: a\n",
-        "a:: b\n",
-        "a :b\n",
-        "-a: 1\n",
-        "a: -b\nb: [-1, - 2]\n",
-        "a: {b: c, d}\n",
-        "a: [b c, d]\nb: {b c: d}\n",
-        "x: y\n---   \nz: 1\n",
-        "--- # comment\na: 1\n",
-        "a: 1 #\nb: b #c #d\n",
-        "a: [b]c\n",
-        "a: {b: c}}\n",
-        "a: [[]]\nb: [{}]\nc: {d: []}\n",
-        "a: {\"b\": c}\n",
-        "a: {'b': c}\n",
-        "a:\n  - b\n  -\n    c: d\n",
-        "a:\n  -  b: c\n     d: e\n",
-        "a: x\n  y\n",
-        "- - a\n",
-        "-\n",
-        "a:\n-\n",
-    ];
-
-    fn check(text: &str) -> bool {
-        let Some(fast) = fast::parse(text) else {
-            return false;
-        };
-        let full = parse_yaml_full(text);
-        assert!(
-            full.syntax_error.is_none() && full.problems.is_empty(),
-            "fast path accepted text the full parser rejects: {text:?}\n{:?}",
-            full.syntax_error
-        );
-        assert_eq!(fast, full.docs, "fast and full parse differ for {text:?}");
-        true
-    }
-
-    #[test]
-    fn fast_path_accepts_typical_manifests() {
-        for text in &CORPUS[..3] {
-            assert!(check(text), "{text}");
-        }
-        assert!(check(CORPUS[7]));
-        assert!(check(CORPUS[10]));
-    }
-
-    #[test]
-    fn fast_path_agrees_with_the_full_parser() {
-        let alphabet: Vec<char> = " :-#[]{},'\"\nabc0~.\u{e9}".chars().collect();
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut rnd = |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n.max(1) as u64) as usize
-        };
-        let mut accepted = 0;
-        let mut total = 0;
-        for text in CORPUS {
-            total += 1;
-            accepted += usize::from(check(text));
-            for _ in 0..1500 {
-                let mut chars: Vec<char> = text.chars().collect();
-                for _ in 0..1 + rnd(3) {
-                    let at = rnd(chars.len() + 1);
-                    match rnd(4) {
-                        0 if at < chars.len() => {
-                            chars.remove(at);
-                        }
-                        1 => chars.insert(at, alphabet[rnd(alphabet.len())]),
-                        2 => {
-                            // indent or dedent a line
-                            let lines: Vec<usize> = std::iter::once(0)
-                                .chain(
-                                    chars
-                                        .iter()
-                                        .enumerate()
-                                        .filter(|(_, c)| **c == '\n')
-                                        .map(|(i, _)| i + 1),
-                                )
-                                .collect();
-                            let l = lines[rnd(lines.len())];
-                            if rnd(2) == 0 {
-                                chars.insert(l.min(chars.len()), ' ');
-                            } else if chars.get(l) == Some(&' ') {
-                                chars.remove(l);
-                            }
-                        }
-                        _ => {
-                            if at < chars.len() {
-                                chars[at] = alphabet[rnd(alphabet.len())];
-                            }
-                        }
-                    }
-                }
-                let mutated: String = chars.into_iter().collect();
-                total += 1;
-                accepted += usize::from(check(&mutated));
-            }
-        }
-        eprintln!("fast path: {accepted} of {total} inputs accepted and identical");
-        // the comparison is not vacuous
-        assert!(accepted > total / 10, "{accepted} of {total}");
-    }
 }

@@ -16,7 +16,7 @@ pub(super) struct Declared {
 }
 
 /// One file, parsed and validated on its own.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct FileParse {
     /// Valid documents (all of them are dropped later if the file has any problem).
     pub(super) claws: Vec<Claw>,

@@ -92,19 +92,8 @@ pub(super) struct Docs<'a> {
     pub(super) syntax_error: Option<(Pos, String)>,
 }
 
+/// Parse `text` with serde-saphyr's YAML parser (any YAML) into positioned documents.
 pub(super) fn parse_yaml(text: &str) -> Docs<'_> {
-    if let Some(docs) = fast::parse(text) {
-        return Docs {
-            docs,
-            problems: Vec::new(),
-            syntax_error: None,
-        };
-    }
-    parse_yaml_full(text)
-}
-
-/// [`parse_yaml`] through serde-saphyr's YAML parser (any YAML).
-pub(super) fn parse_yaml_full(text: &str) -> Docs<'_> {
     let mut options = serde_saphyr::granit_parser::Options::default();
     options.set_emit_comments(false);
     let parser = Parser::new_from_str_with_options(text, options);

@@ -502,7 +502,7 @@ fn validate_refs(kind: BundleKind, spec: &ClawSpec, bundle: &str) -> Result<(), 
         let src = parse_ref(&img.reference).map_err(|source| BundleError::BadRef {
             bundle: bundle.to_string(),
             image: img.name.clone(),
-            source: Box::new(source),
+            source: Box::new(source.into()),
         })?;
         if !is_sha256_hex(&img.sha256) {
             return Err(BundleError::BadRef {
