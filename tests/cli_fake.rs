@@ -622,3 +622,44 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(stderr.is_empty(), "{args:?} printed: {stderr}");
     }
 }
+
+/// A hand-edited record with non-ASCII ids and digests is shown, planned and listed without a
+/// panic (ids are clipped by characters, never by bytes).
+#[test]
+fn hand_edited_non_ascii_record_never_panics() {
+    let e = env();
+    assert!(e.run(&["apply", "-f", e.dir()]).status.success());
+    let alpha = e
+        .claws()
+        .into_iter()
+        .find(|c| c.starts_with("alpha"))
+        .unwrap();
+    let path = e.home.join("claws").join(&alpha).join("record.json");
+    let mut r: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    r["build"]["bundle"] = serde_json::json!("é".repeat(40));
+    r["name"] = serde_json::json!("alphaé");
+    std::fs::write(&path, serde_json::to_vec(&r).unwrap()).unwrap();
+    // A second, foreign record whose folder and id are non-ASCII.
+    let odd = e.home.join("claws").join("éééééé-ééé");
+    std::fs::create_dir_all(&odd).unwrap();
+    r["clawid"] = serde_json::json!("éééééé-ééé");
+    r["name"] = serde_json::json!("éééééé");
+    std::fs::write(odd.join("record.json"), serde_json::to_vec(&r).unwrap()).unwrap();
+    for args in [
+        vec!["ps"],
+        vec!["ps", "-o", "json"],
+        vec!["plan", "-f", e.dir()],
+        vec!["plan", "-f", e.dir(), "--prune"],
+        vec!["images"],
+        vec!["events"],
+        vec!["logs", "éééééé"],
+        vec!["stop", "éééééé"],
+    ] {
+        let o = e.run(&args);
+        let t = text(&o);
+        assert_ne!(code(&o), 101, "{args:?} panicked: {t}");
+        assert!(!t.contains("panicked"), "{args:?}: {t}");
+    }
+    let ps = text(&e.run(&["ps"]));
+    assert!(ps.contains("éééééé-ééé") && ps.contains("alphaé"), "{ps}");
+}

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout_at};
 
 /// Default time allowed for one command round trip.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -163,11 +163,6 @@ impl Qmp {
     /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Set the time allowed for each later command round trip.
-    pub fn set_command_timeout(&mut self, t: Duration) {
-        self.command_timeout = t;
     }
 
     fn protocol(&self, detail: String) -> QmpError {
@@ -352,27 +347,6 @@ impl Qmp {
             }
             Err(e) => Err(e),
         }
-    }
-}
-
-/// Connect, run one command, disconnect: a convenience for one-shot queries.
-pub async fn one_shot(
-    path: &Path,
-    command: &str,
-    arguments: Option<Value>,
-    within: Duration,
-) -> Result<Value, QmpError> {
-    let fut = async {
-        let mut q = Qmp::connect(path, within).await?;
-        q.execute(command, arguments).await
-    };
-    match timeout(within, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(QmpError::Timeout {
-            path: path.to_owned(),
-            what: format!("command {command}"),
-            after: within,
-        }),
     }
 }
 

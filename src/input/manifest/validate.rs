@@ -947,24 +947,10 @@ pub(super) fn suggest<'s>(key: &str, allowed: &[&'s str]) -> Option<&'s str> {
     let lower = key.to_ascii_lowercase();
     allowed
         .iter()
-        .map(|a| (edit_distance(&lower, &a.to_ascii_lowercase()), *a))
+        .map(|a| (strsim::levenshtein(&lower, &a.to_ascii_lowercase()), *a))
         .filter(|(d, a)| *d == 0 || (*d <= 2 && a.len() > 3 && key.len() > 2))
         .min_by_key(|(d, _)| *d)
         .map(|(_, a)| a)
-}
-
-pub(super) fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// A user string for a message: at most 64 characters, control characters escaped.
