@@ -50,9 +50,37 @@ impl Home {
         Ok(Home::new(PathBuf::from(h).join(".clawfarm")))
     }
 
-    /// Create the root (0700) and its fixed sub-folders.
+    /// Create the root (0700) and its fixed sub-folders. An existing root is never
+    /// chmodded: it must already belong to this user and be writable by nobody else (a
+    /// shared folder such as a 1777 one is refused, not silently narrowed).
     pub fn ensure(&self) -> io::Result<()> {
-        fsutil::create_dir_mode(&self.root, 0o700)?;
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(&self.root) {
+            Ok(m) => {
+                let me = rustix::process::geteuid().as_raw();
+                if !m.is_dir() {
+                    return Err(io::Error::other("exists and is not a folder"));
+                }
+                if m.uid() != me {
+                    return Err(io::Error::other(format!(
+                        "is owned by uid {}, not by this user (uid {me}); use a folder of \
+                         your own",
+                        m.uid()
+                    )));
+                }
+                if m.mode() & 0o022 != 0 {
+                    return Err(io::Error::other(format!(
+                        "is writable by group or others (mode {:o}); it would hold VM disks \
+                         and keys: use a private folder, or chmod go-w it yourself",
+                        m.mode() & 0o7777
+                    )));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fsutil::create_dir_mode(&self.root, 0o700)?;
+            }
+            Err(e) => return Err(e),
+        }
         for d in [self.blobs_dir(), self.bundles_dir(), self.claws_dir()] {
             std::fs::create_dir_all(d)?;
         }
@@ -104,6 +132,17 @@ impl Home {
     /// `secret.key`.
     pub fn secret_key_path(&self) -> PathBuf {
         self.root.join("secret.key")
+    }
+
+    /// The key for read-only verbs (`validate`, `plan`): the home's key when it exists
+    /// (so digests compare with the records), else a random one used once, so that a
+    /// read-only verb never creates anything in the home.
+    pub fn secret_key_read_only(&self) -> io::Result<Vec<u8>> {
+        if self.secret_key_path().exists() {
+            self.secret_key()
+        } else {
+            Ok(rand::random::<[u8; 32]>().to_vec())
+        }
     }
 
     /// The per-home HMAC key for param digests, created (0600, 32 random bytes) on first use.

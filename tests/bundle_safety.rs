@@ -491,3 +491,36 @@ async fn pax_global_header_and_long_names_are_fine() {
         .unwrap();
     assert_eq!(fs::read_to_string(imp.dir.join(&long)).unwrap(), "deep");
 }
+
+#[tokio::test]
+async fn the_ratio_cap_stops_a_bomb_that_the_total_limit_would_let_through() {
+    let d = tempfile::tempdir().unwrap();
+    let zeros = vec![0u8; 64 << 20];
+    let b = bundle_with(
+        d.path(),
+        "bomb.clawbox",
+        vec![Raw::file("claw/zeros.bin", &zeros)],
+        true,
+    );
+    let compressed = fs::metadata(&b).unwrap().len();
+    // Default totals (32 GiB) and ratio (200); only the floor is lowered so that a 64 MiB
+    // bomb stands for a multi-GiB one.
+    let opts = ImportOptions {
+        ratio_floor_bytes: 1 << 20,
+        ..ImportOptions::default()
+    };
+    assert!(opts.max_total_bytes >= 32 << 30);
+    assert_eq!(opts.max_entry_bytes, 16 << 30);
+    let (_h, _d, err) = refused(&b, &opts).await;
+    match &err {
+        BundleError::ExpansionLimit { limit, .. } => assert_eq!(*limit, compressed * 200),
+        other => panic!("expected the expansion limit, got {other:?}"),
+    }
+    // The default floor is 256 MiB: a small bundle may still expand that far.
+    assert_eq!(ImportOptions::default().expansion_limit(1), 256 << 20);
+    assert_eq!(
+        ImportOptions::default().expansion_limit(1 << 40),
+        32 << 30,
+        "never above the total"
+    );
+}

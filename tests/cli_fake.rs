@@ -663,3 +663,261 @@ fn hand_edited_non_ascii_record_never_panics() {
     let ps = text(&e.run(&["ps"]));
     assert!(ps.contains("éééééé-ééé") && ps.contains("alphaé"), "{ps}");
 }
+
+/// Each way a careless edit or a crashed editor breaks a manifest. None of them may read as
+/// "delete": only removing the file does.
+fn bad_edit_shapes() -> Vec<(&'static str, Vec<u8>)> {
+    let json_ok = r#"{"apiVersion":"clawfarm/v1","kind":"Claw","metadata":{"name":"alpha"},"spec":{"clawbox":"../demo.clawbox","params":{"OPENAI_API_KEY":{"env":"TEST_OPENAI_KEY"}}}}"#;
+    vec![
+        ("json without its final brace", json_ok.as_bytes()[..json_ok.len() - 1].to_vec()),
+        ("json missing one comma", json_ok.replacen(",\"kind\"", " \"kind\"", 1).into_bytes()),
+        (
+            "name through an alias, with a bad field",
+            b"apiVersion: clawfarm/v1\nkind: Claw\nx: &n alpha\nmetadata:\n  name: *n\nspec:\n  clawbox: ../demo.clawbox\n  cpuz: 1\n".to_vec(),
+        ),
+        (
+            "quoted keys, with a bad field",
+            b"\"apiVersion\": clawfarm/v1\n\"kind\": Claw\n\"metadata\": {\"name\": \"alpha\"}\n\"spec\": {\"clawbox\": ../demo.clawbox, \"cpuz\": 1}\n".to_vec(),
+        ),
+        (
+            "folded scalar name",
+            b"apiVersion: clawfarm/v1\nkind: Claw\nmetadata:\n  name: >-\n    alpha\nspec:\n  clawbox: ../demo.clawbox\n  cpus: many\n".to_vec(),
+        ),
+        ("emptied (zero bytes)", Vec::new()),
+        ("only a comment", b"# TODO\n".to_vec()),
+        ("only a document marker", b"---\n".to_vec()),
+        ("truncated mid-line", manifest("alpha", "").as_bytes()[..40].to_vec()),
+        ("invalid UTF-8", b"apiVersion: clawfarm/v1\nkind: \xff\xfe\n".to_vec()),
+        ("a missing secret env var", manifest("alpha", "").replace("TEST_OPENAI_KEY", "NOT_SET_ANYWHERE").into_bytes()),
+    ]
+}
+
+#[test]
+fn every_bad_edit_shape_keeps_the_vm_under_apply_prune() {
+    for (shape, bytes) in bad_edit_shapes() {
+        let e = env();
+        std::fs::remove_file(e.dir.join("alpha.yaml")).unwrap();
+        let file = e.dir.join("alpha.json");
+        let good = manifest("alpha", "");
+        std::fs::write(&file, &good).unwrap();
+        assert_eq!(
+            code(&e.run(&["apply", "--prune", "-f", e.dir()])),
+            0,
+            "{shape}"
+        );
+        let before = e.claws();
+        assert_eq!(before.len(), 2, "{shape}");
+        std::fs::write(&file, &bytes).unwrap();
+        let plan = e.run(&["plan", "--prune", "-f", e.dir()]);
+        assert!(
+            !text(&plan).contains("manifest removed"),
+            "{shape}: {}",
+            text(&plan)
+        );
+        let a = e.run(&["apply", "--prune", "-f", e.dir()]);
+        assert_ne!(code(&a), 0, "{shape}: a bad file is an error: {}", text(&a));
+        assert!(
+            text(&a).contains("alpha.json"),
+            "{shape}: names the file: {}",
+            text(&a)
+        );
+        assert_eq!(e.claws(), before, "{shape}: {}", text(&a));
+        let ps = text(&e.run(&["ps"]));
+        assert!(
+            ps.lines()
+                .any(|l| l.contains("alpha") && l.contains("ready")),
+            "{shape}: {ps}"
+        );
+    }
+    // A FIFO in place of the file (an editor's socket, a hostile swap) does not hang, is an
+    // error, and protects too.
+    let e = env();
+    assert_eq!(code(&e.run(&["apply", "--prune", "-f", e.dir()])), 0);
+    let before = e.claws();
+    std::fs::remove_file(e.dir.join("alpha.yaml")).unwrap();
+    let fifo = std::ffi::CString::new(e.dir.join("alpha.yaml").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let a = e.run(&["apply", "--prune", "-f", e.dir()]);
+    assert_ne!(code(&a), 0, "{}", text(&a));
+    assert!(text(&a).contains("not a regular file"), "{}", text(&a));
+    assert_eq!(e.claws(), before);
+    // Deleting the file is the one way to say "delete".
+    std::fs::remove_file(e.dir.join("alpha.yaml")).unwrap();
+    assert_eq!(code(&e.run(&["apply", "--prune", "-f", e.dir()])), 0);
+    assert_eq!(e.claws().len(), 1);
+}
+
+#[test]
+fn every_bad_edit_shape_keeps_the_vm_under_watch_prune() {
+    let e = env();
+    let mut w = e
+        .cmd(&[
+            "watch",
+            e.dir(),
+            "--prune",
+            "--debounce",
+            "50ms",
+            "--resync",
+            "500ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |want: usize| {
+        for _ in 0..100 {
+            if e.claws().len() == want {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(wait_for(2), "watch created both: {:?}", e.claws());
+    let before = e.claws();
+    for (shape, bytes) in bad_edit_shapes() {
+        std::fs::write(e.dir.join("alpha.yaml"), &bytes).unwrap();
+        std::thread::sleep(Duration::from_millis(1500)); // several passes
+        assert_eq!(e.claws(), before, "{shape}");
+    }
+    std::fs::remove_file(e.dir.join("alpha.yaml")).unwrap();
+    let gone = wait_for(1);
+    let _ = w.kill();
+    let _ = w.wait();
+    assert!(
+        gone,
+        "deleting the file prunes under watch: {:?}",
+        e.claws()
+    );
+}
+
+/// A truncated record and a record from a future version: the instance stays visible
+/// (`unknown`), plan/apply leave it alone and say so (exit 1, no second VM), and `stop` and
+/// `rm -f` still act on it, found by its folder.
+#[test]
+fn unreadable_records_are_visible_left_alone_and_still_stoppable() {
+    let e = env();
+    assert_eq!(code(&e.run(&["apply", "-f", e.dir()])), 0);
+    let claws = e.claws();
+    let rec = |c: &str| e.home.join("claws").join(c).join("record.json");
+    let alpha = claws
+        .iter()
+        .find(|c| c.starts_with("alpha"))
+        .unwrap()
+        .clone();
+    let beta = claws
+        .iter()
+        .find(|c| c.starts_with("beta"))
+        .unwrap()
+        .clone();
+    let a = std::fs::read(rec(&alpha)).unwrap();
+    std::fs::write(rec(&alpha), &a[..a.len() / 2]).unwrap();
+    let mut b: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rec(&beta)).unwrap()).unwrap();
+    b["version"] = serde_json::json!(99);
+    std::fs::write(rec(&beta), serde_json::to_vec(&b).unwrap()).unwrap();
+
+    let ps = text(&e.run(&["ps"]));
+    for c in [&alpha, &beta] {
+        assert!(
+            ps.lines()
+                .any(|l| l.starts_with(c.as_str()) && l.contains("unknown")),
+            "{ps}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&e.run(&["ps", "-o", "json"]).stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2, "{json}");
+    for args in [
+        vec!["plan", "-f", e.dir(), "--prune"],
+        vec!["apply", "-f", e.dir(), "--prune"],
+    ] {
+        let o = e.run(&args);
+        assert_eq!(code(&o), 1, "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains(&format!("instance {alpha} is left alone")),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(e.claws(), claws, "no second VM, nothing removed");
+    }
+    // The bytes of the unreadable records are never overwritten.
+    assert_eq!(std::fs::read(rec(&alpha)).unwrap(), &a[..a.len() / 2]);
+
+    let o = e.run(&["start", "alpha"]);
+    assert_ne!(code(&o), 0);
+    assert!(text(&o).contains("left alone"), "{}", text(&o));
+    let o = e.run(&["stop", "alpha"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(
+        !text(&o).contains("not running"),
+        "the VM was running: {}",
+        text(&o)
+    );
+    let o = e.run(&["stop", "alpha"]);
+    assert!(text(&o).contains("not running"), "{}", text(&o));
+    assert_eq!(std::fs::read(rec(&alpha)).unwrap(), &a[..a.len() / 2]);
+    let o = e.run(&["rm", "beta"]);
+    assert_ne!(code(&o), 0, "rm without -f refuses: {}", text(&o));
+    let o = e.run(&["rm", "-f", "beta"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(e.claws(), vec![alpha.clone()]);
+    let o = e.run(&["logs", "alpha"]);
+    assert_ne!(code(&o), 101, "{}", text(&o));
+}
+
+/// Host hygiene: a shared or foreign `--home` is refused, never chmodded; read-only verbs
+/// create nothing; a rejected `--param` never echoes its value; `run --cpus` has the
+/// manifest's bounds.
+#[test]
+fn home_params_and_bounds_are_checked_without_side_effects() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = env();
+    // A world-writable sticky folder (like /tmp) as the home: refused, mode unchanged.
+    let shared = e.dir.parent().unwrap().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let o = e
+        .cmd(&["apply", "-f", e.dir()])
+        .env("CLAWFARM_HOME", &shared)
+        .output()
+        .unwrap();
+    assert_ne!(code(&o), 0, "{}", text(&o));
+    assert!(
+        text(&o).contains("writable by group or others"),
+        "{}",
+        text(&o)
+    );
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o1777, "the shared folder was chmodded");
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0);
+
+    // validate and plan on a home that does not exist leave it absent.
+    assert!(!e.home.exists());
+    for args in [vec!["validate", e.dir()], vec!["plan", "-f", e.dir()]] {
+        let o = e.run(&args);
+        assert_ne!(code(&o), 1, "{args:?}: {}", text(&o));
+        assert!(!e.home.exists(), "{args:?} created the home");
+    }
+
+    // clap never sees the value of --param, so its errors cannot echo it.
+    for bad in [
+        format!("bad key={SECRET}"),
+        SECRET.to_string(),
+        format!("1X={SECRET}"),
+    ] {
+        let o = e.run(&["run", "../demo.clawbox", "--name", "x", "--param", &bad]);
+        assert_ne!(code(&o), 0);
+        assert!(text(&o).contains("--param number 1"), "{}", text(&o));
+        assert!(
+            !text(&o).contains(SECRET),
+            "echoed the secret: {}",
+            text(&o)
+        );
+    }
+    for cpus in ["0", "65", "4294967295"] {
+        let o = e.run(&["run", "../demo.clawbox", "--name", "x", "--cpus", cpus]);
+        assert_eq!(code(&o), 2, "--cpus {cpus}: {}", text(&o));
+    }
+    assert!(!e.home.exists(), "a refused run created the home");
+}

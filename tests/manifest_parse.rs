@@ -193,12 +193,15 @@ spec: {clawbox: b.clawbox, cpus: 3}
     assert_eq!(names, vec!["one", "two"]);
     assert_eq!(claws[1].loc.line, 9);
     assert_eq!(claws[1].cpus, 3);
-    assert!(parse_str(Path::new(FILE), "").unwrap().is_empty());
-    assert!(
-        parse_str(Path::new(FILE), "# nothing\n---\n---\n")
-            .unwrap()
-            .is_empty()
-    );
+    // A file with no document at all is an error (an emptied file protects what it
+    // described; only deleting the file says "remove").
+    for empty in ["", "\n\n", "# nothing\n", "# nothing\n---\n---\n"] {
+        let e = parse_str(Path::new(FILE), empty).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("holds no manifest document"),
+            "{empty:?}: {e:?}"
+        );
+    }
 }
 
 #[test]

@@ -12,8 +12,9 @@ use super::Ctx;
 use crate::desired::gateway_port;
 use crate::driver::boot::{GuestEvent, StepState};
 use crate::driver::{Driver, Liveness, LogKind};
-use crate::observe::{Observed, find_record, status_of};
+use crate::observe::{LookupError, Observed, find_record, status_of};
 use crate::state::record::Record;
+use crate::util::text::error_chain;
 use crate::util::text::prefix;
 
 /// Arguments of `clawfarm logs`.
@@ -52,7 +53,17 @@ pub struct SshArgs {
 
 /// `clawfarm logs`.
 pub fn logs(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<u8> {
-    let rec = find_record(&ctx.home, &args.id)?;
+    // Logs of an instance whose record cannot be read are still in its folder.
+    let rec = match find_record(&ctx.home, &args.id) {
+        Err(e @ LookupError::Unreadable { .. }) => {
+            eprintln!("warning: {}", error_chain(&e));
+            let LookupError::Unreadable { clawid, .. } = e else {
+                unreachable!()
+            };
+            Record::placeholder(&clawid)
+        }
+        r => r?,
+    };
     let drv = ctx.driver()?;
     let running = || drv.live_runtime(&rec).is_some();
     let mut out = std::io::stdout().lock();

@@ -60,6 +60,13 @@ fn print_diagnostics(d: &Desired) {
 /// a refused `--prune`.
 fn report_preparation(p: &Prepared) {
     print_diagnostics(&p.desired);
+    for e in &p.record_errors {
+        let who = e.clawid().unwrap_or_default();
+        eprintln!(
+            "error: instance {who} is left alone: {} (clawfarm stop and rm -f still work)",
+            error_chain(e)
+        );
+    }
     if p.prune_refused {
         eprintln!("warning: not pruning: some input could not be read (see the errors above)");
     }
@@ -67,8 +74,7 @@ fn report_preparation(p: &Prepared) {
 
 /// `clawfarm validate`.
 pub fn validate(ctx: &Ctx, args: &ValidateArgs) -> anyhow::Result<u8> {
-    ctx.ensure_home()?;
-    let d = runtime()?.block_on(load_desired(ctx, &args.files, false, None))?;
+    let d = runtime()?.block_on(load_desired(ctx, &args.files, false, None, true))?;
     print_diagnostics(&d);
     if d.diagnostics.is_empty() {
         eprintln!(
@@ -85,14 +91,10 @@ pub fn validate(ctx: &Ctx, args: &ValidateArgs) -> anyhow::Result<u8> {
 
 /// `clawfarm plan`.
 pub fn plan(ctx: &Ctx, args: &PlanArgs) -> anyhow::Result<u8> {
-    ctx.ensure_home()?;
     let driver = ctx.driver()?;
-    let d = runtime()?.block_on(load_desired(ctx, &args.files, true, None))?;
+    let d = runtime()?.block_on(load_desired(ctx, &args.files, true, None, true))?;
     let p = pass::prepare(&ctx.home, &*driver, d, args.prune);
     report_preparation(&p);
-    for e in &p.record_errors {
-        eprintln!("warning: {}", error_chain(e));
-    }
     match args.output {
         Output::Text => out!("{}", p.plan.render())?,
         Output::Json => {
@@ -101,13 +103,15 @@ pub fn plan(ctx: &Ctx, args: &PlanArgs) -> anyhow::Result<u8> {
             outln!("{}", serde_json::to_string_pretty(&v)?)?;
         }
     }
-    Ok(if !p.desired.diagnostics.is_empty() {
-        1
-    } else if p.plan.is_empty() {
-        0
-    } else {
-        2
-    })
+    Ok(
+        if !p.desired.diagnostics.is_empty() || !p.record_errors.is_empty() {
+            1
+        } else if p.plan.is_empty() {
+            0
+        } else {
+            2
+        },
+    )
 }
 
 /// `clawfarm apply`.
@@ -117,7 +121,7 @@ pub fn apply(ctx: &Ctx, args: &ApplyArgs) -> anyhow::Result<u8> {
     let _lock = apply_lock(&ctx.home, args.lock_timeout)?;
     pass::sweep_temp_files(&ctx.home);
     let rt = runtime()?;
-    let d = rt.block_on(load_desired(ctx, &args.plan.files, true, None))?;
+    let d = rt.block_on(load_desired(ctx, &args.plan.files, true, None, false))?;
     let p = pass::prepare(&ctx.home, &*driver, d, args.plan.prune);
     report_preparation(&p);
     let exec = ExecOptions {

@@ -279,17 +279,21 @@ fn param_env_lookup(name: &str) -> Option<String> {
 /// nothing resolves are asked for; Ctrl-C at a prompt is an error, before anything
 /// changes. `validate` and `watch` never prompt.
 ///
-/// `cache` keeps parsed manifests between calls (watch).
+/// `cache` keeps parsed manifests between calls (watch). `read_only` verbs create nothing in
+/// the home (not even its param key).
 async fn load_desired(
     ctx: &Ctx,
     files: &[PathBuf],
     prompts: bool,
     cache: Option<&crate::input::manifest::Cache>,
+    read_only: bool,
 ) -> anyhow::Result<Desired> {
-    let key = ctx
-        .home
-        .secret_key()
-        .context("cannot read the param digest key")?;
+    let key = if read_only {
+        ctx.home.secret_key_read_only()
+    } else {
+        ctx.home.secret_key()
+    }
+    .context("cannot read the param digest key")?;
     let tty = crate::tui::prompt::TtyPrompter::new();
     let penv = ParamEnv {
         key: &key,
@@ -372,16 +376,7 @@ fn print_table<const N: usize>(rows: &[[String; N]]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `outer: inner: cause` for any error, each level once.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
-}
+pub use crate::util::text::error_chain;
 
 /// Says which instance lock a verb waits for.
 fn say_waiting() -> crate::reconcile::ops::OnWait {

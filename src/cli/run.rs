@@ -12,7 +12,6 @@ use crate::input::manifest::Port;
 use crate::reconcile::exec::ExecOptions;
 use crate::reconcile::pass;
 use crate::state::record::Origin;
-use crate::util::secret::Secret;
 
 /// Arguments of `clawfarm run`.
 #[derive(Debug, Args, Clone)]
@@ -24,13 +23,18 @@ pub struct RunArgs {
     pub name: String,
     /// A param value, KEY=VALUE (repeatable). Prefer --param-file or the prompt for
     /// secrets: the command line is visible in shell history and `ps`.
-    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param_arg)]
-    pub params: Vec<(String, Secret)>,
+    /// Checked after parsing, never by clap, whose errors repeat the rejected value (a
+    /// secret, here).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
     /// A file of KEY=VALUE lines (repeatable; later values win).
     #[arg(long = "param-file", value_name = "FILE")]
     pub param_files: Vec<PathBuf>,
-    /// vCPUs.
-    #[arg(long, default_value_t = crate::input::manifest::DEFAULT_CPUS)]
+    /// vCPUs (1-64, as in manifests).
+    #[arg(long, default_value_t = crate::input::manifest::DEFAULT_CPUS,
+          value_parser = clap::value_parser!(u32).range(
+              i64::from(*crate::input::manifest::CPUS_RANGE.start())
+                  ..=i64::from(*crate::input::manifest::CPUS_RANGE.end())))]
     pub cpus: u32,
     /// Memory (e.g. 2048, 2GiB, 512MiB).
     #[arg(long, default_value = "1024", value_parser = crate::input::manifest::parse_memory)]
@@ -66,7 +70,11 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<u8> {
     for f in &args.param_files {
         params.extend(read_param_file(f)?);
     }
-    params.extend(args.params);
+    for (i, p) in args.params.iter().enumerate() {
+        params.push(
+            parse_param_arg(p).map_err(|e| anyhow::anyhow!("--param number {}: {e}", i + 1))?,
+        );
+    }
     let req = RunRequest {
         bundle: args.bundle,
         name: args.name,

@@ -50,13 +50,18 @@ impl PassRunner for FolderRunner {
             std::slice::from_ref(&self.dir),
             false,
             Some(&self.cache),
+            false,
         )
         .await
         {
             Ok(d) => d,
             Err(e) => {
+                // Nothing is known about the folder this pass: nothing may be pruned.
                 tracing::error!("{e:#}");
-                Desired::default()
+                Desired {
+                    incomplete: true,
+                    ..Desired::default()
+                }
             }
         }
     }

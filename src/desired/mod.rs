@@ -30,7 +30,7 @@ pub struct ResolvedParam {
 }
 
 /// Resources whose change needs a restart, not a replace.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Resources {
     /// vCPUs.
     pub cpus: u32,
@@ -41,7 +41,7 @@ pub struct Resources {
 }
 
 /// What an instance was built from; a change here needs a replace.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BuildSpec {
     /// Bundle digest.
     pub bundle: String,
@@ -115,6 +115,10 @@ pub struct Desired {
     pub protected: BTreeSet<String>,
     /// Manifest files read.
     pub files: Vec<PathBuf>,
+    /// Files (by [`crate::input::manifest::file_key`]) with any problem: every instance whose
+    /// record names one of them is protected from prune for the pass, whatever the file
+    /// now holds (it may not even be readable).
+    pub bad_files: BTreeSet<PathBuf>,
     /// Some input could not be read at all (a mistyped `-f` path, an unreadable folder):
     /// the names it holds are unknown, so nothing may be pruned in this pass.
     pub incomplete: bool,
@@ -147,9 +151,15 @@ pub async fn load(
         files: lr.files,
         ..Desired::default()
     };
+    out.bad_files = lr
+        .bad_files
+        .iter()
+        .map(|f| crate::input::manifest::file_key(f))
+        .collect();
     for f in &lr.bad_files {
-        match std::fs::read_to_string(f) {
-            Ok(text) => {
+        match crate::input::manifest::read_bounded(f, crate::input::manifest::MAX_MANIFEST_BYTES) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(bytes.as_deref().unwrap_or_default());
                 for n in crate::input::manifest::names_in_file_best_effort(&text) {
                     out.protected.insert(n.clone());
                     for i in 0..64 {
@@ -185,6 +195,8 @@ pub async fn load(
                     message: format!("cannot load clawbox: {e}"),
                 });
                 out.protected.extend(claw.instance_names());
+                out.bad_files
+                    .insert(crate::input::manifest::file_key(&claw.loc.file));
                 continue;
             }
         };
@@ -193,6 +205,8 @@ pub async fn load(
             Err(ds) => {
                 out.diagnostics.extend(ds);
                 out.protected.extend(claw.instance_names());
+                out.bad_files
+                    .insert(crate::input::manifest::file_key(&claw.loc.file));
             }
         }
     }

@@ -70,11 +70,16 @@ pub fn read_param_file(path: &Path) -> anyhow::Result<Vec<(String, Secret)>> {
 
 /// Parse a `--param KEY=VALUE` argument.
 pub fn parse_param_arg(s: &str) -> Result<(String, Secret), String> {
+    // Errors never repeat the argument: it may hold a secret.
     let (k, v) = s
         .split_once('=')
-        .ok_or_else(|| "expected KEY=VALUE".to_string())?;
+        .ok_or_else(|| "expected KEY=VALUE (the argument is not shown)".to_string())?;
     if !crate::input::clawspec::is_env_key(k) {
-        return Err(format!("{k:?} is not a valid param key"));
+        return Err(
+            "the text before '=' is not a param key (letters, digits and _, not starting \
+             with a digit; the argument is not shown)"
+                .to_string(),
+        );
     }
     Ok((k.to_string(), Secret::new(v)))
 }

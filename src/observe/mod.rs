@@ -128,10 +128,38 @@ pub fn row(driver: &dyn Driver, o: &Observed) -> InstanceRow {
     }
 }
 
-/// Every instance of `home` as a row, plus the records that could not be read.
+/// The row of an instance whose record cannot be read: status `unknown`, the reason as
+/// its last error, and its QEMU found by the instance folder.
+pub fn unreadable_row(driver: &dyn Driver, e: &RecordError) -> Option<InstanceRow> {
+    let clawid = e.clawid()?;
+    let p = Record::placeholder(&clawid);
+    Some(InstanceRow {
+        pid: match driver.probe(&p) {
+            Liveness::Running(ref p) if p.pid != 0 => Some(p.pid),
+            _ => None,
+        },
+        clawid,
+        name: p.name,
+        status: "unknown".into(),
+        gateway: None,
+        updated: p.updated_at,
+        last_error: Some(format!(
+            "record unreadable, instance left alone (stop and rm -f still work): {}",
+            crate::util::text::error_chain(e)
+        )),
+        accel: None,
+        restarts: 0,
+    })
+}
+
+/// Every instance of `home` as a row (those whose record cannot be read as `unknown`),
+/// plus the records that could not be read.
 pub fn rows(home: &Home, driver: &dyn Driver) -> (Vec<InstanceRow>, Vec<RecordError>) {
     let (actual, errors) = observe(home, driver);
-    (actual.iter().map(|o| row(driver, o)).collect(), errors)
+    let mut rows: Vec<InstanceRow> = actual.iter().map(|o| row(driver, o)).collect();
+    rows.extend(errors.iter().filter_map(|e| unreadable_row(driver, e)));
+    rows.sort_by(|a, b| a.clawid.cmp(&b.clawid));
+    (rows, errors)
 }
 
 /// Errors looking an instance up.
@@ -140,6 +168,15 @@ pub enum LookupError {
     /// Nothing matches.
     #[error("no instance {0:?} (see clawfarm ps)")]
     NotFound(String),
+    /// The instance exists but its record cannot be read.
+    #[error("the record of instance {clawid} cannot be read")]
+    Unreadable {
+        /// The instance folder's CLAWID.
+        clawid: String,
+        /// Why.
+        #[source]
+        source: RecordError,
+    },
     /// A prefix matches several.
     #[error("{id:?} matches {} instances: {}", matches.len(), matches.join(", "))]
     Ambiguous {
@@ -152,7 +189,7 @@ pub enum LookupError {
 
 /// Find one record by CLAWID, name, or unique CLAWID prefix.
 pub fn find_record(home: &Home, id: &str) -> Result<Record, LookupError> {
-    let (recs, _) = Record::read_all(home);
+    let (recs, errors) = Record::read_all(home);
     if let Some(r) = recs.iter().find(|r| r.clawid == id) {
         return Ok(r.clone());
     }
@@ -163,7 +200,22 @@ pub fn find_record(home: &Home, id: &str) -> Result<Record, LookupError> {
     let by_prefix: Vec<&Record> = recs.iter().filter(|r| r.clawid.starts_with(id)).collect();
     match by_prefix.len() {
         1 => Ok(by_prefix[0].clone()),
-        0 => Err(LookupError::NotFound(id.to_string())),
+        0 => {
+            // An instance whose record cannot be read is still found by its folder.
+            let bad: Vec<(String, RecordError)> = errors
+                .into_iter()
+                .filter_map(|e| e.clawid().map(|c| (c, e)))
+                .filter(|(c, _)| c == id || Record::placeholder(c).name == id || c.starts_with(id))
+                .collect();
+            match <[_; 1]>::try_from(bad) {
+                Ok([(clawid, source)]) => Err(LookupError::Unreadable { clawid, source }),
+                Err(bad) if bad.is_empty() => Err(LookupError::NotFound(id.to_string())),
+                Err(bad) => Err(LookupError::Ambiguous {
+                    id: id.to_string(),
+                    matches: bad.into_iter().map(|(c, _)| c).collect(),
+                }),
+            }
+        }
         _ => Err(LookupError::Ambiguous {
             id: id.to_string(),
             matches: by_prefix.iter().map(|r| r.clawid.clone()).collect(),

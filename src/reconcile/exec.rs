@@ -333,7 +333,10 @@ fn new_record(ctx: &ExecContext, d: &DesiredInstance, old: Option<&Record>) -> R
         clawid: d.clawid.clone(),
         name: d.name.clone(),
         origin: old.map(|o| o.origin).unwrap_or(ctx.origin),
-        manifest: Some(d.loc.file.clone()),
+        manifest: match ctx.origin {
+            Origin::Manifest => Some(crate::input::manifest::file_key(&d.loc.file)),
+            _ => old.and_then(|o| o.manifest.clone()),
+        },
         desired_state: d.state,
         build: d.build.clone(),
         resources: d.resources.clone(),

@@ -9,10 +9,11 @@ use anyhow::{Context, bail};
 
 use crate::driver::{Driver, Liveness, StopOutcome};
 use crate::home::Home;
-use crate::observe::find_record;
+use crate::observe::{LookupError, find_record};
 use crate::state::events::{Event, EventSink};
 use crate::state::record::{Phase, Record};
 use crate::util::lock::{self, FileLock};
+use crate::util::text::error_chain;
 
 /// Called once when an instance lock is busy, with the CLAWID and the holder.
 pub type OnWait = Arc<dyn Fn(&str, &str) + Send + Sync>;
@@ -26,22 +27,55 @@ pub fn quiet() -> OnWait {
 #[derive(Debug)]
 pub struct Locked {
     _lock: FileLock,
-    /// The record as it is now.
+    /// The record as it is now (a [`Record::placeholder`] when it cannot be read).
     pub record: Record,
+    /// Why the record cannot be read, if it cannot: only `stop` and `rm -f` act on such an
+    /// instance, and they never write its record.
+    pub unreadable: Option<String>,
+}
+
+impl Locked {
+    /// Refuse an instance whose record cannot be read, naming what still works.
+    pub fn readable(self) -> anyhow::Result<Locked> {
+        match &self.unreadable {
+            None => Ok(self),
+            Some(why) => bail!(
+                "instance {} is left alone: its record cannot be read ({why}); \
+                 clawfarm stop and clawfarm rm -f still work",
+                self.record.clawid
+            ),
+        }
+    }
 }
 
 /// Find `id` (CLAWID, name or unique prefix), take its lock and re-read its record: another
-/// command may have changed it while we waited.
+/// command may have changed it while we waited. An instance whose record cannot be read is
+/// found by its folder and returned as a placeholder (see [`Locked::unreadable`]).
 pub fn lock_record(home: &Home, id: &str, on_wait: &dyn Fn(&str, &str)) -> anyhow::Result<Locked> {
-    let r = find_record(home, id)?;
+    let (clawid, unreadable) = match find_record(home, id) {
+        Ok(r) => (r.clawid, false),
+        Err(LookupError::Unreadable { clawid, .. }) => (clawid, true),
+        Err(e) => return Err(e.into()),
+    };
     let l = lock::lock(
-        &home.instance_lock(&r.clawid),
-        &format!("the lock of instance {}", r.clawid),
+        &home.instance_lock(&clawid),
+        &format!("the lock of instance {clawid}"),
         None,
-        |h| on_wait(&r.clawid, h),
+        |h| on_wait(&clawid, h),
     )?;
-    let record = Record::read(&Record::path(home, &r.clawid))?;
-    Ok(Locked { _lock: l, record })
+    match Record::read(&Record::path(home, &clawid)) {
+        Ok(record) => Ok(Locked {
+            _lock: l,
+            record,
+            unreadable: None,
+        }),
+        Err(e) if unreadable => Ok(Locked {
+            _lock: l,
+            record: Record::placeholder(&clawid),
+            unreadable: Some(error_chain(&e)),
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn locked(home: &Home, id: &str, on_wait: OnWait) -> anyhow::Result<Locked> {
@@ -64,10 +98,13 @@ pub async fn stop(
     let Locked {
         _lock,
         record: mut r,
+        unreadable,
     } = locked(home, id, on_wait).await?;
     let outcome = driver.stop(&r).await?;
-    r.mark_stopped(by);
-    r.write(home)?;
+    if unreadable.is_none() {
+        r.mark_stopped(by);
+        r.write(home)?;
+    }
     EventSink::to_file(home.events_log()).emit(Event::new(
         &r.clawid,
         "stop",
@@ -89,7 +126,8 @@ pub async fn start(
     let Locked {
         _lock,
         record: mut r,
-    } = locked(home, id, on_wait).await?;
+        ..
+    } = locked(home, id, on_wait).await?.readable()?;
     if r.phase == Phase::Creating {
         bail!(
             "instance {} was never fully created; run clawfarm apply to finish it",
@@ -110,7 +148,8 @@ pub async fn wait_ready(home: &Home, driver: &dyn Driver, rec: &Record) -> anyho
     let Locked {
         _lock,
         record: mut r,
-    } = locked(home, &rec.clawid, quiet()).await?;
+        ..
+    } = locked(home, &rec.clawid, quiet()).await?.readable()?;
     if r.runtime.boot_nonce != rec.runtime.boot_nonce {
         bail!(
             "instance {} was restarted by another command while we waited",
@@ -142,7 +181,19 @@ pub async fn remove(
     by: &str,
     on_wait: OnWait,
 ) -> anyhow::Result<Record> {
-    let Locked { _lock, record: r } = locked(home, id, on_wait).await?;
+    let Locked {
+        _lock,
+        record: r,
+        unreadable,
+    } = locked(home, id, on_wait).await?;
+    if let Some(why) = &unreadable
+        && !force
+    {
+        bail!(
+            "the record of instance {} cannot be read ({why}); rm -f removes it anyway",
+            r.clawid
+        );
+    }
     if let Liveness::Running(_) = driver.probe(&r) {
         if !force {
             bail!(

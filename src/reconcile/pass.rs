@@ -49,9 +49,10 @@ pub struct PassOutcome {
 }
 
 impl PassOutcome {
-    /// True when every action succeeded and the input had no problem.
+    /// True when every action succeeded, the input had no problem and every record could
+    /// be read.
     pub fn ok(&self) -> bool {
-        self.report.ok() && self.diagnostics.is_empty()
+        self.report.ok() && self.diagnostics.is_empty() && self.record_errors.is_empty()
     }
 }
 
@@ -60,6 +61,7 @@ impl PassOutcome {
 pub fn prepare(home: &Home, driver: &dyn Driver, mut desired: Desired, prune: bool) -> Prepared {
     let (observed, record_errors) = observe(home, driver);
     check_ports(&mut desired, &observed);
+    protect_from_bad_files(&mut desired, &observed);
     let opts = PlanOptions {
         prune: prune && !desired.incomplete,
         protected: desired.protected.clone(),
@@ -113,6 +115,22 @@ impl Prepared {
     }
 }
 
+/// Every instance whose record names a manifest file that has a problem in this pass
+/// (unreadable, unparsable, invalid, emptied) is protected: what a bad file says is never
+/// read as "delete".
+pub fn protect_from_bad_files(desired: &mut Desired, actual: &[Observed]) {
+    for o in actual {
+        if let Some(m) = &o.record.manifest
+            && (desired.bad_files.contains(m)
+                || desired
+                    .bad_files
+                    .contains(&crate::input::manifest::file_key(m)))
+        {
+            desired.protected.insert(o.record.name.clone());
+        }
+    }
+}
+
 /// Plan against an observation already made. Desired instances whose record is
 /// unreadable are dropped from the plan (and their names protected), so a corrupt record
 /// never leads to a second VM for the same instance.
@@ -122,17 +140,7 @@ pub fn plan_observed(
     errors: &[RecordError],
     opts: &PlanOptions,
 ) -> Plan {
-    let bad_ids: BTreeSet<String> = errors
-        .iter()
-        .filter_map(|e| match e {
-            RecordError::Io { path, .. }
-            | RecordError::Corrupt { path, .. }
-            | RecordError::Version { path, .. } => path
-                .parent()
-                .and_then(|d| d.file_name())
-                .map(|n| n.to_string_lossy().into_owned()),
-        })
-        .collect();
+    let bad_ids: BTreeSet<String> = errors.iter().filter_map(RecordError::clawid).collect();
     let mut opts = opts.clone();
     let desired: Vec<Arc<DesiredInstance>> = desired
         .iter()

@@ -189,7 +189,51 @@ pub enum RecordError {
     },
 }
 
+impl RecordError {
+    /// The CLAWID of the instance folder this record file belongs to.
+    pub fn clawid(&self) -> Option<String> {
+        let path = match self {
+            RecordError::Io { path, .. }
+            | RecordError::Corrupt { path, .. }
+            | RecordError::Version { path, .. } => path,
+        };
+        path.parent()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+    }
+}
+
 impl Record {
+    /// A stand-in for an instance whose record cannot be read: enough for the driver to
+    /// find its VM by the instance folder (runtime file, pidfile) and stop or remove it.
+    /// Never written: the unreadable file stays as it is for a person (or a newer
+    /// clawfarm) to read.
+    pub fn placeholder(clawid: &str) -> Record {
+        let name = clawid
+            .rsplit_once('-')
+            .map_or(clawid, |(n, _)| n)
+            .to_string();
+        Record {
+            version: RECORD_VERSION,
+            clawid: clawid.to_string(),
+            name,
+            origin: Origin::Run,
+            manifest: None,
+            desired_state: DesiredState::Running,
+            build: BuildSpec::default(),
+            resources: Resources::default(),
+            phase: Phase::Failed,
+            conditions: Vec::new(),
+            runtime: Runtime::default(),
+            restart_count: 0,
+            crash_streak: 0,
+            backoff_until: None,
+            last_error: None,
+            created_at: SystemTime::UNIX_EPOCH,
+            updated_at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
     /// Path of the record of `clawid`.
     pub fn path(home: &Home, clawid: &str) -> PathBuf {
         home.claw_dir(clawid).join(RECORD_FILE)

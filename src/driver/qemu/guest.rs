@@ -175,7 +175,7 @@ pub fn parse_status(data: &[u8], nonce: &str) -> GuestStatus {
 /// Read `path` (the status log; or a serial log) and parse it for boot `nonce`
 /// ([`parse_status`]). A file that does not exist yet reads as nothing reported.
 pub fn read_status(path: &Path, nonce: &str) -> io::Result<GuestStatus> {
-    match std::fs::read(path) {
+    match read_tail(path, MAX_STATUS_BYTES) {
         Ok(data) => Ok(parse_status(&data, nonce)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(GuestStatus::default()),
         Err(e) => Err(io::Error::new(
@@ -183,6 +183,31 @@ pub fn read_status(path: &Path, nonce: &str) -> io::Result<GuestStatus> {
             format!("reading guest status {}: {e}", path.display()),
         )),
     }
+}
+
+/// The guest writes its status log; only its last 4 MiB are read (the current boot's lines
+/// are at its end), so a guest that floods it costs the host nothing.
+pub const MAX_STATUS_BYTES: u64 = 4 << 20;
+
+/// The last `limit` bytes of `path`, starting at a line boundary when the file is longer.
+pub fn read_tail(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    if len <= limit {
+        let mut out = Vec::with_capacity(len as usize);
+        f.take(limit).read_to_end(&mut out)?;
+        return Ok(out);
+    }
+    f.seek(SeekFrom::Start(len - limit))?;
+    let mut out = Vec::with_capacity(limit as usize);
+    f.take(limit).read_to_end(&mut out)?;
+    let start = out
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(out.len(), |i| i + 1);
+    out.drain(..start);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -195,6 +220,26 @@ mod tests {
         format!(
             "{{\"boot\": \"{N}\", \"phase\": \"{phase}\"{extra}, \"status\": \"{status}\", \"ts\": \"2025-01-01T00:00:00Z\"}}\n"
         )
+    }
+
+    #[test]
+    fn a_flooded_status_log_is_read_from_its_end_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("status.log");
+        // 6 MiB of junk from an earlier boot, then the current boot's lines.
+        let mut s = "x".repeat(1000) + "\n";
+        s = s.repeat(6 * 1024);
+        s += &line("cloud-init", "started", "");
+        s += &line("cloud-init", "ok", ", \"code\": 0");
+        std::fs::write(&p, &s).unwrap();
+        let tail = read_tail(&p, MAX_STATUS_BYTES).unwrap();
+        assert!(tail.len() as u64 <= MAX_STATUS_BYTES);
+        assert!(tail.starts_with(b"x") || tail.starts_with(b"{"));
+        let st = read_status(&p, N).unwrap();
+        assert_eq!(st.events.len(), 2);
+        let short = dir.path().join("short.log");
+        std::fs::write(&short, line("install", "started", "")).unwrap();
+        assert_eq!(read_status(&short, N).unwrap().events.len(), 1);
     }
 
     #[test]

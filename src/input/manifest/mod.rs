@@ -490,9 +490,21 @@ fn collect(path: &Path, files: &mut Vec<PathBuf>, result: &mut LoadResult) {
             let mut visited = HashSet::new();
             walk(path, files, result, &mut visited);
         }
+        Ok(m) if !m.is_file() => path_problem(result, path, NOT_REGULAR.into()),
         Ok(_) => files.push(path.to_path_buf()),
     }
 }
+
+const NOT_REGULAR: &str =
+    "not a regular file (a FIFO, socket or device is never read as a manifest)";
+
+/// Largest manifest file read (a manifest is a few hundred bytes; this bounds memory and
+/// error output for a hostile file).
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Folders under these roots are never walked (a symlink into `/proc` would make a walk
+/// endless).
+const PSEUDO_FS_ROOTS: [&str; 3] = ["/proc", "/sys", "/dev"];
 
 /// Whether a folder entry is skipped: hidden, editor leftovers.
 fn skipped_name(name: &str) -> bool {
@@ -510,10 +522,17 @@ fn walk(
     visited: &mut HashSet<PathBuf>,
 ) {
     // Symlinked folders are followed once (a loop is not walked twice).
-    if let Ok(real) = std::fs::canonicalize(dir)
-        && !visited.insert(real)
-    {
-        return;
+    if let Ok(real) = std::fs::canonicalize(dir) {
+        if PSEUDO_FS_ROOTS.iter().any(|r| real.starts_with(r)) {
+            return path_problem(
+                result,
+                dir,
+                format!("skipped: leads into {}", real.display()),
+            );
+        }
+        if !visited.insert(real) {
+            return;
+        }
     }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -541,6 +560,12 @@ fn walk(
         };
         let is_dir = match entry.file_type() {
             Ok(t) if t.is_symlink() => match std::fs::metadata(&p) {
+                Ok(m) if !m.is_dir() && !m.is_file() => {
+                    if is_manifest() {
+                        path_problem(result, &p, NOT_REGULAR.into());
+                    }
+                    continue;
+                }
                 Ok(m) => m.is_dir(),
                 // A dangling symlink: only a problem if it looks like a manifest.
                 Err(e) => {
@@ -550,6 +575,12 @@ fn walk(
                     continue;
                 }
             },
+            Ok(t) if !t.is_dir() && !t.is_file() => {
+                if is_manifest() {
+                    path_problem(result, &p, NOT_REGULAR.into());
+                }
+                continue;
+            }
             Ok(t) => t.is_dir(),
             Err(e) => {
                 if is_manifest() {
@@ -584,8 +615,18 @@ fn read_and_parse(file: &Path) -> FileParse {
         }],
         ..FileParse::default()
     };
-    let bytes = match std::fs::read(file) {
-        Ok(b) => b,
+    let bytes = match read_bounded(file, MAX_MANIFEST_BYTES) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return problem(
+                0,
+                0,
+                format!(
+                    "larger than {} bytes; a manifest file is refused above that size",
+                    MAX_MANIFEST_BYTES
+                ),
+            );
+        }
         Err(e) => return problem(0, 0, format!("cannot read: {e}")),
     };
     match std::str::from_utf8(&bytes) {
@@ -598,6 +639,32 @@ fn read_and_parse(file: &Path) -> FileParse {
             problem(line, col, "file is not valid UTF-8".into())
         }
     }
+}
+
+/// The identity of a manifest file as records remember it: its canonical path when it
+/// exists, else its absolute, lexically normalized path. Two spellings of one file
+/// (relative, through `..` or a symlinked folder) give the same key.
+pub fn file_key(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| {
+        std::path::absolute(path).map_or_else(|_| path.to_path_buf(), |a| normalize(&a))
+    })
+}
+
+/// Read a regular file of at most `limit` bytes (`None` when it is larger). The file is
+/// opened without blocking, so a FIFO swapped in after the walk never hangs the reader.
+pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other(NOT_REGULAR));
+    }
+    let mut out = Vec::new();
+    f.take(limit + 1).read_to_end(&mut out)?;
+    Ok((out.len() as u64 <= limit).then_some(out))
 }
 
 fn parse_files(files: &[PathBuf]) -> Vec<FileParse> {

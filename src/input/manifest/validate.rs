@@ -283,9 +283,32 @@ pub(super) fn parse_file(file: &Path, text: &str) -> FileParse {
     if let Some((pos, message)) = docs.syntax_error {
         ctx.err(pos, message);
     }
+    if docs.docs.is_empty() && ctx.diags.is_empty() {
+        // An emptied file (a crashed editor, a truncation) is not a deletion: it protects
+        // what it described. Deleting the file is the one way to say "remove".
+        ctx.err(
+            Pos { line: 1, col: 1 },
+            "holds no manifest document; to remove the instances it described, delete the \
+             file (with --prune)"
+                .into(),
+        );
+    }
     out.diagnostics = ctx.diags;
+    if out.diagnostics.len() > MAX_DIAGNOSTICS_PER_FILE {
+        let more = out.diagnostics.len() - MAX_DIAGNOSTICS_PER_FILE;
+        out.diagnostics.sort();
+        out.diagnostics.truncate(MAX_DIAGNOSTICS_PER_FILE);
+        let loc = out.diagnostics[MAX_DIAGNOSTICS_PER_FILE - 1].loc.clone();
+        out.diagnostics.push(Diagnostic {
+            loc,
+            message: format!("… and {more} more problems in this file"),
+        });
+    }
     out
 }
+
+/// At most this many problems are reported per manifest file; the rest are counted.
+pub const MAX_DIAGNOSTICS_PER_FILE: usize = 20;
 
 /// A required top-level field that must hold exactly `want` (`apiVersion`, `kind`).
 pub(super) fn expect_const(

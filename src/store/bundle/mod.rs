@@ -86,11 +86,18 @@ pub const STAT_CACHE: &str = "stat-cache.json";
 /// Limits applied to every bundle entry while importing or inspecting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportOptions {
-    /// Largest entry (bytes). Default 64 GiB.
+    /// Largest entry (bytes). Default 16 GiB (a qcow2 disk of a real agent image is a
+    /// few GiB).
     pub max_entry_bytes: u64,
     /// Most bytes the gzip stream may expand to, tar headers included (gzip-bomb guard).
-    /// Default 128 GiB.
+    /// Default 32 GiB.
     pub max_total_bytes: u64,
+    /// Most bytes the stream may expand to per compressed byte of the bundle file, above
+    /// [`ImportOptions::ratio_floor_bytes`] (gzip-bomb guard: real qcow2 images compress
+    /// 2-10×, a bomb 1000×). Default 200.
+    pub max_ratio: u64,
+    /// Expansion always allowed whatever the ratio. Default 256 MiB.
+    pub ratio_floor_bytes: u64,
     /// Most entries. Default 100 000.
     pub max_entries: u64,
     /// Largest `clawspec.json` (tar entry or JSON bundle). Default 16 MiB.
@@ -100,11 +107,24 @@ pub struct ImportOptions {
 impl Default for ImportOptions {
     fn default() -> Self {
         ImportOptions {
-            max_entry_bytes: 64 << 30,
-            max_total_bytes: 128 << 30,
+            max_entry_bytes: 16 << 30,
+            max_total_bytes: 32 << 30,
+            max_ratio: 200,
+            ratio_floor_bytes: 256 << 20,
             max_entries: 100_000,
             max_clawspec_bytes: 16 << 20,
         }
+    }
+}
+
+impl ImportOptions {
+    /// The expansion limit for a bundle file of `compressed` bytes: the ratio cap (at
+    /// least the floor), never above [`ImportOptions::max_total_bytes`].
+    pub fn expansion_limit(&self, compressed: u64) -> u64 {
+        compressed
+            .saturating_mul(self.max_ratio)
+            .max(self.ratio_floor_bytes)
+            .min(self.max_total_bytes)
     }
 }
 

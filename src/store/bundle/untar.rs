@@ -324,7 +324,7 @@ impl Untar<'_> {
             BundleError::ExpansionLimit {
                 bundle: self.bundle.to_string(),
                 entry: self.current.clone(),
-                limit: self.opts.max_total_bytes,
+                limit: self.guard.limit,
             }
         } else {
             BundleError::Corrupt {
@@ -612,6 +612,7 @@ pub(super) fn run_pipeline(
     let (raw_recycle_tx, raw_recycle_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
     let (tx, rx) = sync_channel::<Vec<u8>>(DEPTH);
     let (recycle_tx, recycle_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
+    let expansion_limit = opts.expansion_limit(file.metadata().map_or(0, |m| m.len()));
     std::thread::scope(|s| {
         let read_thread = s.spawn(move || read_side(file, tracker, raw_tx, raw_recycle_rx));
         let raw = RawReader {
@@ -623,7 +624,7 @@ pub(super) fn run_pipeline(
         let inflate_thread = s.spawn(move || inflate_side(raw, tx, recycle_rx));
         let guard = Rc::new(StreamGuard {
             delivered: Cell::new(0),
-            limit: opts.max_total_bytes,
+            limit: expansion_limit,
             exceeded: Cell::new(false),
             allowed_end: Cell::new(HEADER_SLACK),
             header_overflow: Cell::new(false),
