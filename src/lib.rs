@@ -22,4 +22,5 @@ pub mod reconcile;
 pub mod state;
 pub mod store;
 pub mod tui;
+pub mod ui;
 pub mod util;
