@@ -573,13 +573,16 @@ fn browser_live_table_actions_and_screenshots() {
 
     // The instance page, the images page and the folder page.
     b.goto(&format!("{}/i/{beta}", ui.base));
-    wait_for(Duration::from_secs(20), "the timeline", || {
-        (b.js("return document.querySelectorAll('#timeline svg rect').length")
-            .as_u64()
-            .unwrap_or(0)
-            > 0)
-        .then_some(())
+    // The fake guest reports its phases without timestamps: the boot summary, no bars (the
+    // bars of a real boot are checked by tests/e2e_ui.rs).
+    wait_for(Duration::from_secs(20), "the boot summary", || {
+        b.js("return document.getElementById('bootsum').textContent")
+            .as_str()
+            .is_some_and(|s| s.ends_with(": done"))
+            .then_some(())
     });
+    let boots = b.js("return document.querySelectorAll('#boots .pboot').length");
+    assert!(boots.as_u64().unwrap() >= 2, "earlier boots: {boots}");
     let serial = b.js("return document.getElementById('serial').textContent");
     let want = ui.json(&format!("/api/instances/{beta}/logs/serial"))["text"]
         .as_str()
@@ -601,4 +604,52 @@ fn browser_live_table_actions_and_screenshots() {
     let page = b.js("return document.documentElement.outerHTML");
     no_secret("the folder page", page.as_str().unwrap());
     assert!(Path::new(&shots.join("instances.png")).exists());
+}
+
+#[test]
+fn metrics_count_watch_passes() {
+    // A watch on the fake driver writes one `reconcile` line per pass; /metrics of a separate
+    // `clawfarm ui` turns them into the histogram and the last-pass time.
+    let e = env();
+    let mut w = e
+        .cmd(&["watch", e.dir.to_str().unwrap(), "--resync", "1s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ui = e.ui(&[]);
+    let hist = wait_for(Duration::from_secs(30), "two passes in /metrics", || {
+        let text = ui.get("/metrics").text().unwrap();
+        let s = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let h = s
+            .samples
+            .iter()
+            .find(|x| x.metric == "clawfarm_reconcile_duration_seconds")
+            .and_then(|x| match &x.value {
+                prometheus_parse::Value::Histogram(h) => Some(h.clone()),
+                _ => None,
+            })?;
+        let total = h.iter().find(|c| c.less_than.is_infinite())?.count;
+        let last = s
+            .samples
+            .iter()
+            .find(|x| x.metric == "clawfarm_last_reconcile_timestamp_seconds")?;
+        (total >= 2.0).then_some((h, last.clone()))
+    });
+    let _ = w.kill();
+    let _ = w.wait();
+    // Buckets are cumulative.
+    for pair in hist.0.windows(2) {
+        assert!(pair[0].count <= pair[1].count, "{:?}", hist.0);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    match hist.1.value {
+        prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => {
+            assert!((now - v).abs() < 60.0, "last pass {v}, now {now}")
+        }
+        ref v => panic!("{v:?}"),
+    }
 }

@@ -220,7 +220,11 @@ pub fn boot_view(driver: &dyn Driver, rec: &Record) -> BootView {
             start: 0.0,
             seconds: secs_between(origin, first),
         });
-    } else if rt.started_at.is_some() && driver.live_runtime(rec).is_some() {
+    } else if rt.started_at.is_some()
+        && driver.live_runtime(rec).is_some()
+        && !st.done
+        && st.failed.is_none()
+    {
         phases.push(PhaseBar {
             phase: "boot".into(),
             state: "started".into(),
