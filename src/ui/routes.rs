@@ -103,7 +103,7 @@ fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
     })
 }
 
-fn hdr<'a>(req: &'a Request<Incoming>, name: impl header::AsHeaderName) -> Option<&'a str> {
+fn hdr(req: &Request<Incoming>, name: impl header::AsHeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 

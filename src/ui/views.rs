@@ -316,10 +316,12 @@ pub fn past_boots(events: &[Event], clawid: &str, max: usize) -> Vec<PastBoot> {
         }
     }
     if let Some(s) = open {
+        // The boot in progress (or one whose end no event recorded): the timeline above
+        // shows it.
         out.push(PastBoot {
             started: s,
             seconds: None,
-            result: "booting".into(),
+            result: "current".into(),
         });
     }
     let from = out.len().saturating_sub(max);
@@ -602,7 +604,7 @@ mod tests {
         assert_eq!(b[0].seconds, Some(70.0));
         assert_eq!(b[1].result, "unknown");
         assert_eq!(b[2].result, "failed");
-        assert_eq!(b[3].result, "booting");
+        assert_eq!(b[3].result, "current");
         assert_eq!(past_boots(&evs, "c1", 2).len(), 2);
         assert!(past_boots(&evs, "c2", 2).is_empty());
     }

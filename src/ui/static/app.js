@@ -210,7 +210,9 @@ function appendSerial(s) {
   const pre = document.getElementById("serial");
   const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 30;
   if (s.reset) pre.textContent = "";
-  let t = pre.textContent + s.text;
+  // Terminal colour and cursor sequences mean nothing in a <pre>.
+  const clean = s.text.replace(/\x1b\[[0-9;?]*[ -\/]*[@-~]/g, "").replace(/\x1b[()][A-Za-z0-9]/g, "").replace(/\r(?!\n)/g, "");
+  let t = pre.textContent + clean;
   if (t.length > 300000) t = t.slice(t.length - 200000);
   pre.textContent = t;
   if (atEnd) pre.scrollTop = pre.scrollHeight;
