@@ -201,7 +201,13 @@ fn http_rules_api_and_metrics() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    // The cookie after the first visit.
+    // The cookie after the first visit; the redirect never leaves the server.
+    let r = c
+        .get(format!("{}//evil.example/?token={}", ui.base, ui.token))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/");
     let cookie = login(&ui);
     let page = c
         .get(format!("{}/", ui.base))

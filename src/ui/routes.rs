@@ -166,10 +166,16 @@ pub async fn handle(ui: Arc<Ui>, req: Request<Incoming>) -> Response<Body> {
     if let Some(t) = query(&req, "token") {
         if req.method() == Method::GET && ui.token.matches(&t) {
             let mut r = respond(StatusCode::SEE_OTHER, "text/plain", "");
+            // Only a path on this server: `//host/…` would send the browser elsewhere.
+            let to = if path.starts_with("//") || path.contains('\\') {
+                "/"
+            } else {
+                path.as_str()
+            };
             let h = r.headers_mut();
             h.insert(
                 header::LOCATION,
-                HeaderValue::from_str(&path).unwrap_or(HeaderValue::from_static("/")),
+                HeaderValue::from_str(to).unwrap_or(HeaderValue::from_static("/")),
             );
             h.insert(
                 header::SET_COOKIE,
