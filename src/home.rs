@@ -125,6 +125,10 @@ impl Home {
     pub fn apply_lock(&self) -> PathBuf {
         self.root.join("apply.lock")
     }
+    /// `ui.token`: the dashboard's access token (0600).
+    pub fn ui_token(&self) -> PathBuf {
+        self.root.join("ui.token")
+    }
     /// `events.jsonl`.
     pub fn events_log(&self) -> PathBuf {
         self.root.join("events.jsonl")

@@ -26,4 +26,5 @@ pub mod reconcile;
 pub mod state;
 pub mod store;
 pub mod tui;
+pub mod ui;
 pub mod util;

@@ -43,6 +43,7 @@ mod manifests;
 mod ps;
 mod run;
 mod store;
+mod ui;
 mod watch;
 
 /// Output format.
@@ -139,6 +140,9 @@ pub enum Command {
     /// Reconcile a folder continuously: on file changes, on a periodic resync, and when a
     /// VM exits (restarted with backoff). SIGINT/SIGTERM exit 0 and leave the VMs running.
     Watch(watch::WatchArgs),
+    /// Serve the web dashboard (instances live, boot timelines, consoles, images, actions,
+    /// a JSON API and /metrics) on 127.0.0.1; prints the address to open, token included.
+    Ui(ui::UiArgs),
 }
 
 /// What every verb gets: the runtime root and the global options.
@@ -169,7 +173,7 @@ impl Ctx {
 /// Entry point of the `clawfarm` binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let level = if matches!(cli.command, Command::Watch(_)) {
+    let level = if matches!(cli.command, Command::Watch(_) | Command::Ui(_)) {
         "info"
     } else {
         "warn"
@@ -257,6 +261,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Logs(a) => logs::logs(&ctx, &a),
         Command::Ssh(a) => logs::ssh(&ctx, &a),
         Command::Watch(a) => watch::watch(&ctx, a),
+        Command::Ui(a) => ui::ui(&ctx, &a),
     }
 }
 

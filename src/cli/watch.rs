@@ -32,6 +32,13 @@ pub struct WatchArgs {
     /// How long to wait for another apply/watch's lock (default 0: refuse at once).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub lock_timeout: Duration,
+    /// Also serve the web dashboard (see `clawfarm ui`), with this folder's plan on its
+    /// Folder page.
+    #[arg(long)]
+    pub ui: bool,
+    /// Where the dashboard listens (with --ui).
+    #[arg(long, requires = "ui", default_value = crate::ui::DEFAULT_LISTEN, value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
 }
 
 /// Loads the watched folder for each pass (never prompting).
@@ -94,6 +101,15 @@ pub fn watch(ctx: &Ctx, args: WatchArgs) -> anyhow::Result<u8> {
             dir: cfg.dir.clone(),
             cache: Default::default(),
         };
+        let server = if args.ui {
+            let (addr, ui, listener) =
+                super::ui::start(ctx, driver.clone(), args.listen, Some(cfg.dir.clone())).await?;
+            outln!("dashboard: {}", ui.open_url(addr))?;
+            tracing::info!(%addr, "dashboard listening");
+            Some(tokio::spawn(crate::ui::serve(listener, ui, std::future::pending())))
+        } else {
+            None
+        };
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("SIGTERM handler");
@@ -103,8 +119,7 @@ pub fn watch(ctx: &Ctx, args: WatchArgs) -> anyhow::Result<u8> {
             }
         };
         tracing::info!(dir = %cfg.dir.display(), resync = ?cfg.resync, prune = cfg.prune, "watching");
-        anyhow::Ok(
-            crate::reconcile::watch::run(
+        let stats = crate::reconcile::watch::run(
                 home,
                 driver,
                 &cfg,
@@ -113,8 +128,11 @@ pub fn watch(ctx: &Ctx, args: WatchArgs) -> anyhow::Result<u8> {
                 EventSink::to_file(home.events_log()),
                 shutdown,
             )
-            .await,
-        )
+            .await;
+        if let Some(s) = server {
+            s.abort();
+        }
+        anyhow::Ok(stats)
     })?;
     tracing::info!(
         passes = stats.total(),

@@ -156,15 +156,28 @@ pub async fn wait_ready(home: &Home, driver: &dyn Driver, rec: &Record) -> anyho
             r.clawid
         );
     }
+    let events = EventSink::to_file(home.events_log());
     match result {
         Ok(()) => {
             r.mark_ready();
             r.write(home)?;
+            events.emit(Event::new(
+                &r.clawid,
+                "wait-ready",
+                "ok",
+                "guest ready".into(),
+            ));
             Ok(r)
         }
         Err(e) => {
             r.mark_unhealthy("wait-ready", format!("wait-ready: {e:#}"));
             r.write(home)?;
+            events.emit(Event::new(
+                &r.clawid,
+                "wait-ready",
+                "failed",
+                format!("wait-ready: {e:#}"),
+            ));
             Err(e.context(format!("{} did not become ready", r.clawid)))
         }
     }

@@ -430,6 +430,8 @@ pub async fn run<R: PassRunner>(
             .entry(trigger_name(&trigger).to_string())
             .or_insert(0) += 1;
         tracing::info!(trigger = trigger_name(&trigger), "reconciling");
+        let pass_started = Instant::now();
+        let trigger_word = trigger_name(&trigger);
         let pass = async {
             let mut desired = runner.desired().await;
             // The backoff gate writes records, so the one observation this pass plans from
@@ -452,6 +454,17 @@ pub async fn run<R: PassRunner>(
             if !out.plan.is_empty() {
                 tracing::info!("{}", out.report.summary());
             }
+            // One line per pass: the dashboard's /metrics reads durations from here.
+            events.emit(Event::new(
+                "-",
+                "reconcile",
+                if out.ok() { "ok" } else { "failed" },
+                format!(
+                    "trigger={trigger_word} seconds={:.3} changes={}",
+                    pass_started.elapsed().as_secs_f64(),
+                    out.report.changes.len()
+                ),
+            ));
             (out.requeue_after, earliest)
         };
         tokio::select! {
