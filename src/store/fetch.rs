@@ -160,11 +160,31 @@ async fn attempt(
         });
     };
     let expected_end = resp.content_length().map(|l| part_len(slot) + l);
+    let limit = super::part::max_image_bytes();
+    let too_large = |size: u64| BlobError::TooLarge {
+        source_name: url.to_string(),
+        reason: format!("{size} bytes or more, over the {limit}-byte image limit"),
+    };
+    if let Some(end) = expected_end
+        && end > limit
+    {
+        if let Some(p) = slot.take() {
+            p.discard();
+        }
+        return Err(too_large(end));
+    }
 
     let mut buf: Vec<u8> = Vec::with_capacity(BUF_SIZE);
     let result = loop {
         match resp.chunk().await {
             Ok(Some(bytes)) => {
+                let have = part_len(slot) + (buf.len() + bytes.len()) as u64;
+                if have > limit {
+                    if let Some(p) = slot.take() {
+                        p.discard();
+                    }
+                    return Err(too_large(have));
+                }
                 buf.extend_from_slice(&bytes);
                 tracker.advance(bytes.len() as u64);
                 if buf.len() >= BUF_SIZE {
@@ -313,10 +333,18 @@ pub(crate) async fn copy_file(
     let sha = sha.to_string();
     let mut tracker = progress.start(label, None);
     blocking(move || {
+        let limit = super::part::max_image_bytes();
+        let name = format!("file://{}", src.display());
         let mut f = File::open(&src).map_err(BlobError::io("cannot open", &src))?;
-        if let Ok(m) = f.metadata() {
-            tracker.set_total(Some(m.len()));
+        let m = f.metadata().map_err(BlobError::io("cannot stat", &src))?;
+        if !m.is_file() {
+            return Err(BlobError::TooLarge {
+                source_name: name,
+                reason: "not a regular file (a device or FIFO is never read as an image)".into(),
+            });
         }
+        tracker.set_total(Some(m.len()));
+        let mut copied: u64 = 0;
         let mut part =
             Part::create(&part_path).map_err(BlobError::io("cannot create", &part_path))?;
         let mut buf = vec![0u8; BUF_SIZE];
@@ -334,6 +362,14 @@ pub(crate) async fn copy_file(
                     });
                 }
             };
+            copied += n as u64;
+            if copied > limit {
+                part.discard();
+                return Err(BlobError::TooLarge {
+                    source_name: name,
+                    reason: format!("over the {limit}-byte image limit"),
+                });
+            }
             if let Err(e) = part.append(&buf[..n]) {
                 part.discard();
                 return Err(BlobError::Io {
@@ -344,7 +380,6 @@ pub(crate) async fn copy_file(
             }
             tracker.advance(n as u64);
         }
-        let name = format!("file://{}", src.display());
         let r = publish_verified(part, &dest, &sha, &name, kind);
         tracker.finish(r.is_ok());
         r

@@ -20,6 +20,16 @@ pub(crate) const BUF_SIZE: usize = 1 << 20;
 /// How many leading bytes of a blob are kept to check its disk-image header.
 pub(crate) const HEAD_CAP: usize = 64 << 10;
 
+/// Largest image a download or a `file://` copy may bring into the store: 32 GiB, or
+/// `CLAWFARM_MAX_IMAGE_BYTES`. A server that never stops sending, or `file:///dev/zero`,
+/// ends with an error instead of a full disk.
+pub fn max_image_bytes() -> u64 {
+    std::env::var("CLAWFARM_MAX_IMAGE_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(32 << 30)
+}
+
 /// Errors of the blob store. Messages name the URL, file or blob concerned and never
 /// repeat their source (the caller prints the chain once).
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +109,14 @@ pub enum BlobError {
         got: u64,
         /// Bytes announced.
         expected: u64,
+    },
+    /// The image is larger than the limit (or not a regular file); nothing was kept.
+    #[error("{source_name}: {reason}; nothing was stored")]
+    TooLarge {
+        /// URL or path.
+        source_name: String,
+        /// What is wrong (the size and the limit, or the file type).
+        reason: String,
     },
     /// The bytes do not hash to the expected digest. Nothing was kept.
     #[error(
