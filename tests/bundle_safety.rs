@@ -503,17 +503,23 @@ async fn the_ratio_cap_stops_a_bomb_that_the_total_limit_would_let_through() {
         true,
     );
     let compressed = fs::metadata(&b).unwrap().len();
-    // Default totals (32 GiB) and ratio (200); only the floor is lowered so that a 64 MiB
-    // bomb stands for a multi-GiB one.
+    // Default totals (32 GiB); the floor and the ratio are lowered so that a 64 MiB bomb
+    // (beside a small random run.qcow2) stands for a multi-GiB one.
     let opts = ImportOptions {
         ratio_floor_bytes: 1 << 20,
+        max_ratio: 20,
         ..ImportOptions::default()
     };
     assert!(opts.max_total_bytes >= 32 << 30);
     assert_eq!(opts.max_entry_bytes, 16 << 30);
+    assert_eq!(ImportOptions::default().max_ratio, 200);
+    assert!(
+        compressed * 20 < 64 << 20,
+        "the bomb compresses over 20:1 ({compressed} bytes)"
+    );
     let (_h, _d, err) = refused(&b, &opts).await;
     match &err {
-        BundleError::ExpansionLimit { limit, .. } => assert_eq!(*limit, compressed * 200),
+        BundleError::ExpansionLimit { limit, .. } => assert_eq!(*limit, compressed * 20),
         other => panic!("expected the expansion limit, got {other:?}"),
     }
     // The default floor is 256 MiB: a small bundle may still expand that far.
