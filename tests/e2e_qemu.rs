@@ -599,6 +599,23 @@ async fn e2e_real_guests() {
     );
     assert_eq!(env.ps_row("alpha")["status"], "ready");
 
+    // ---- 3b. a bad edit with --prune never touches the running guest ------------------------
+    log("bad edit of alpha.yaml (unclosed JSON) + apply --prune");
+    let alpha_yaml = mdir.join("alpha.yaml");
+    let good = std::fs::read_to_string(&alpha_yaml).unwrap();
+    std::fs::write(
+        &alpha_yaml,
+        r#"{"apiVersion":"clawfarm/v1","kind":"Claw","metadata":{"name":"alpha"},"spec":{"clawbox":"x"}"#,
+    )
+    .unwrap();
+    let o = env.cli(&["apply", "--prune", "-f", mdir.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("alpha.yaml"), "{out}");
+    assert!(pid_alive(pid_a), "the bad edit stopped alpha: {out}");
+    assert_eq!(env.ps_row("alpha")["status"], "ready");
+    std::fs::write(&alpha_yaml, good).unwrap();
+
     // ---- 4. kill -9 of beta's QEMU → exited ---------------------------------------------
     let st = Command::new("kill")
         .args(["-KILL", &pid_b.to_string()])
