@@ -12,6 +12,7 @@
 
 pub mod accel;
 pub mod cmdline;
+pub mod export;
 pub mod guest;
 pub mod layout;
 pub mod procfs;
@@ -38,7 +39,9 @@ use self::qmp::Qmp;
 use self::seed::SeedInput;
 use crate::desired::{BundleDesired, DesiredInstance, gateway_port};
 use crate::driver::boot::GuestStatus;
-use crate::driver::{Driver, DriverError, GuestHealth, Liveness, LogKind, StopOutcome};
+use crate::driver::{
+    Driver, DriverError, ExportFigures, GuestHealth, Liveness, LogKind, StopOutcome,
+};
 use crate::home::Home;
 use crate::input::clawspec::Image;
 use crate::state::record::{ProcessId, Record, Runtime};
@@ -612,7 +615,18 @@ impl Driver for QemuDriver {
         let files = self.files(&inst.clawid);
         let img = Self::backing_image(inst)?;
         let blob = self.home.blob(&img.sha256);
-        let blob = std::path::absolute(&blob).unwrap_or(blob);
+        let mut blob = std::path::absolute(&blob).unwrap_or(blob);
+        // A run layer backs on its base (rfc/009): link the two once, in the store.
+        if img.name == "run"
+            && let Some(base) = inst.bundle.clawspec.image.iter().find(|i| i.name == "base")
+            && blob.is_file()
+        {
+            let (home, qi) = (self.home.clone(), self.cfg.qemu_img.clone());
+            let (run, base) = (img.sha256.clone(), base.sha256.clone());
+            blob =
+                tokio::task::spawn_blocking(move || export::layer_on_base(&home, &qi, &run, &base))
+                    .await??;
+        }
         if !blob.is_file() {
             bail!(
                 "instance {}: the {} image (blob {}) is not in the store",
@@ -886,6 +900,87 @@ impl Driver for QemuDriver {
 
     fn ssh_command(&self, rec: &Record, command: &[String]) -> Result<Command, DriverError> {
         self.ssh_command_of(rec, command)
+    }
+
+    fn has_booted(&self, clawid: &str) -> bool {
+        let files = self.files(clawid);
+        files.disk().is_file()
+            && (std::fs::metadata(files.serial_log()).is_ok_and(|m| m.len() > 0)
+                || std::fs::metadata(files.serial_prev_log()).is_ok_and(|m| m.len() > 0))
+    }
+
+    fn param_values(
+        &self,
+        clawid: &str,
+    ) -> Result<Vec<(String, crate::util::secret::Secret)>, DriverError> {
+        let p = self.files(clawid).seed();
+        let img = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        seed::read_seed_params(&img)
+            .with_context(|| format!("cannot read the params of {}", p.display()))
+    }
+
+    async fn export_snapshot(&self, rec: &Record, work: &Path) -> Result<(), DriverError> {
+        if self.running(&rec.clawid, Some(rec)).is_some() {
+            bail!(
+                "instance {} is running; its disk cannot be copied consistently",
+                rec.clawid
+            );
+        }
+        let disk = self.files(&rec.clawid).disk();
+        let work = work.to_path_buf();
+        tokio::task::spawn_blocking(move || export::snapshot(&disk, &work)).await?
+    }
+
+    async fn export_layer(
+        &self,
+        rec: &Record,
+        base: &Image,
+        work: &Path,
+        out: &Path,
+    ) -> Result<ExportFigures, DriverError> {
+        let base_blob = std::path::absolute(self.home.blob(&base.sha256))?;
+        if !base_blob.is_file() {
+            bail!(
+                "the base image (blob {}) is not in the store",
+                base_blob.display()
+            );
+        }
+        let disk_bytes = std::fs::metadata(self.files(&rec.clawid).disk())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let accel = accel::choose(&self.home, self.cfg.accel, &self.cfg.qemu)
+            .await
+            .accel;
+        let scrub = export::scrub(
+            &self.cfg.qemu,
+            accel,
+            work,
+            rec.resources.memory_mib,
+            self.cfg.ready_timeout,
+        )
+        .await?;
+        let t0 = Instant::now();
+        let (qi, work2, out2) = (
+            self.cfg.qemu_img.clone(),
+            work.to_path_buf(),
+            out.to_path_buf(),
+        );
+        tokio::task::spawn_blocking(move || export::flatten(&qi, &work2, &base_blob, &out2))
+            .await??;
+        Ok(ExportFigures {
+            disk_bytes,
+            scrub,
+            flatten: t0.elapsed(),
+        })
+    }
+
+    async fn layer_raw(&self, layer: &Path, raw: &Path) -> Result<(), DriverError> {
+        let (qi, layer, raw) = (
+            self.cfg.qemu_img.clone(),
+            layer.to_path_buf(),
+            raw.to_path_buf(),
+        );
+        tokio::task::spawn_blocking(move || export::to_raw(&qi, &layer, &raw)).await?
     }
 }
 

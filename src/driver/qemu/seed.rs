@@ -406,6 +406,56 @@ pub fn render_user_data(input: &SeedInput) -> String {
     format!("#cloud-config\n{body}\n")
 }
 
+/// The export scrub script (POSIX sh), run in a throwaway VM booted from a copy of an
+/// instance's disk (see `rfc/009-export.md`).
+pub const SCRUB_SH: &str = include_str!("../../../assets/guest/clawfarm-scrub.sh");
+/// Where the scrub seed writes [`SCRUB_SH`] (tmpfs: it never reaches the disk).
+pub const SCRUB_PATH: &str = "/run/clawfarm-scrub.sh";
+/// The serial-console line the scrub writes when it finished (before powering off).
+pub const SCRUB_OK: &str = "CLAWFARM-SCRUB ok";
+
+/// The `user-data` of the export scrub VM: no users, no keys, no params. `bootcmd` removes
+/// the instance's runner configuration first thing (so its phases never start in the scrub
+/// VM), `write_files` puts [`SCRUB_SH`] in `/run`, and `runcmd` queues it as a transient
+/// unit ordered after `cloud-final` (cloud-init has written all its state by then).
+pub fn render_scrub_user_data() -> String {
+    let doc = json!({
+        "users": [],
+        "disable_root": true,
+        "ssh_pwauth": false,
+        "ssh_deletekeys": false,
+        "ssh_genkeytypes": [],
+        "bootcmd": [format!(
+            "rm -f {RUNNER_CONFIG_PATH} {PARAMS_ENV_PATH}; printf 'CLAWFARM-SCRUB booted\\n' > /dev/ttyS0 || true"
+        )],
+        "write_files": [b64_file(SCRUB_PATH, SCRUB_SH, "0700")],
+        "runcmd": [[
+            "systemd-run", "--no-block", "--unit", "clawfarm-scrub",
+            "--property", "After=cloud-final.service",
+            "/bin/sh", SCRUB_PATH,
+        ]],
+    });
+    let body = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    format!("#cloud-config\n{body}\n")
+}
+
+/// The seed image of the export scrub VM (instance id `instance_id`, which must differ from
+/// the instance's own so cloud-init treats the boot as a new instance).
+pub fn build_scrub_seed_image(instance_id: &str) -> io::Result<Vec<u8>> {
+    let meta = format!(
+        "instance-id: {}\nlocal-hostname: clawfarm-export\n",
+        json_str(instance_id)
+    );
+    fat_image(
+        instance_id,
+        &[
+            ("meta-data", meta),
+            ("user-data", render_scrub_user_data()),
+            ("network-config", render_network_config()),
+        ],
+    )
+}
+
 /// Derive an instance id from everything else in `input` (its `instance_id` is ignored):
 /// `clawfarm-` and 24 hex digits of a SHA-256 over the rendered files. Any change to the
 /// seed content gives a new id, so cloud-init and the runner treat it as a new instance.
@@ -453,6 +503,99 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
+/// Standard base64 decoding (padding and unknown characters skipped).
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let Some(v) = B64.iter().position(|&b| b == c) else {
+            continue;
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// Standard base64 with padding (for callers outside the seed, e.g. the export scan).
+pub fn base64_encode(data: &[u8]) -> String {
+    base64(data)
+}
+
+/// Parse a params env file written by [`render_params_env`] back into `(key, value)`.
+pub fn parse_params_env(text: &str) -> Vec<(String, Secret)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (line_start, after) = match rest.find('=') {
+            Some(i) if !rest[..i].contains('\n') => (&rest[..i], &rest[i + 1..]),
+            _ => {
+                // A comment or blank line.
+                rest = rest.split_once('\n').map(|x| x.1).unwrap_or("");
+                continue;
+            }
+        };
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        let mut in_quote = false;
+        while let Some((i, c)) = chars.next() {
+            match (in_quote, c) {
+                (true, '\'') => in_quote = false,
+                (true, c) => value.push(c),
+                (false, '\'') => in_quote = true,
+                (false, '\\') => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(n);
+                    }
+                }
+                (false, '\n') => {
+                    end = i + 1;
+                    break;
+                }
+                (false, c) => value.push(c),
+            }
+        }
+        if is_shell_name(line_start) {
+            out.push((line_start.to_string(), Secret::new(value)));
+        }
+        rest = &after[end.min(after.len())..];
+    }
+    out
+}
+
+/// The params an instance was given, read back from its seed image (the only place on the
+/// host that holds their values): the `params.env` file of its user-data.
+pub fn read_seed_params(seed_image: &[u8]) -> io::Result<Vec<(String, Secret)>> {
+    use std::io::Read;
+    let fs = fatfs::FileSystem::new(Cursor::new(seed_image.to_vec()), fatfs::FsOptions::new())
+        .map_err(|e| io::Error::new(e.kind(), format!("seed: opening the FAT image: {e}")))?;
+    let mut ud = String::new();
+    fs.root_dir()
+        .open_file("user-data")?
+        .read_to_string(&mut ud)?;
+    let body = ud.strip_prefix("#cloud-config\n").unwrap_or(&ud);
+    let doc: Value = serde_json::from_str(body)
+        .map_err(|e| invalid(format!("seed: user-data is not clawfarm's: {e}")))?;
+    let Some(files) = doc.get("write_files").and_then(Value::as_array) else {
+        return Ok(Vec::new());
+    };
+    for f in files {
+        if f.get("path").and_then(Value::as_str) == Some(PARAMS_ENV_PATH) {
+            let content = f.get("content").and_then(Value::as_str).unwrap_or("");
+            let text = String::from_utf8_lossy(&base64_decode(content)).into_owned();
+            return Ok(parse_params_env(&text));
+        }
+    }
+    Ok(Vec::new())
+}
+
 /// Build the seed image in memory: a FAT12/16 filesystem labelled `CIDATA` with
 /// `meta-data`, `user-data` and `network-config` (long file names). Validates `input`
 /// first.
@@ -463,6 +606,11 @@ pub fn build_seed_image(input: &SeedInput) -> io::Result<Vec<u8>> {
         ("user-data", render_user_data(input)),
         ("network-config", render_network_config()),
     ];
+    fat_image(&input.instance_id, &files)
+}
+
+/// A FAT image labelled [`SEED_LABEL`] holding `files` (long file names).
+fn fat_image(instance_id: &str, files: &[(&str, String)]) -> io::Result<Vec<u8>> {
     let content: usize = files.iter().map(|(_, c)| c.len()).sum();
     // Room for the content twice over plus FAT/root-dir overhead; at least 2 MiB.
     let size = (content * 2 + 512 * 1024)
@@ -473,7 +621,7 @@ pub fn build_seed_image(input: &SeedInput) -> io::Result<Vec<u8>> {
     let mut label = [b' '; 11];
     label[..SEED_LABEL.len()].copy_from_slice(SEED_LABEL.as_bytes());
     let volume_id = u32::from_str_radix(
-        &crate::util::digest::sha256_hex(input.instance_id.as_bytes())[..8],
+        &crate::util::digest::sha256_hex(instance_id.as_bytes())[..8],
         16,
     )
     .unwrap_or(0x0c1a_3fa4);
@@ -489,7 +637,7 @@ pub fn build_seed_image(input: &SeedInput) -> io::Result<Vec<u8>> {
             .map_err(|e| io::Error::new(e.kind(), format!("seed: opening the FAT image: {e}")))?;
         {
             let root = fs.root_dir();
-            for (name, text) in &files {
+            for (name, text) in files {
                 let mut f = root.create_file(name).map_err(|e| {
                     io::Error::new(e.kind(), format!("seed: creating {name} in the image: {e}"))
                 })?;
@@ -561,23 +709,7 @@ mod tests {
     }
 
     fn b64_decode(s: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut acc = 0u32;
-        let mut bits = 0;
-        for c in s.bytes() {
-            let v = match B64.iter().position(|&b| b == c) {
-                Some(v) => v as u32,
-                None => continue,
-            };
-            acc = (acc << 6) | v;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-                acc &= (1 << bits) - 1;
-            }
-        }
-        out
+        base64_decode(s)
     }
 
     #[test]
@@ -724,6 +856,50 @@ mod tests {
         c.params[0].1 = Secret::new("rotated");
         assert_ne!(instance_id_for(&a), instance_id_for(&c));
         assert!(a.instance_id.starts_with("clawfarm-"));
+    }
+
+    #[test]
+    fn params_read_back_from_the_seed() {
+        let s = sample();
+        let img = build_seed_image(&s).unwrap();
+        let back = read_seed_params(&img).unwrap();
+        let want: Vec<(String, String)> = s
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_string()))
+            .collect();
+        let got: Vec<(String, String)> = back
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn scrub_seed_has_no_users_and_runs_the_scrub() {
+        let ud = render_scrub_user_data();
+        let v: serde_json::Value = serde_saphyr::from_str(&ud).unwrap();
+        assert_eq!(v["users"].as_array().unwrap().len(), 0);
+        assert_eq!(v["write_files"][0]["path"], SCRUB_PATH);
+        assert_eq!(
+            b64_decode(v["write_files"][0]["content"].as_str().unwrap()),
+            SCRUB_SH.as_bytes()
+        );
+        assert!(
+            v["runcmd"][0]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == SCRUB_PATH)
+        );
+        assert!(
+            v["bootcmd"][0]
+                .as_str()
+                .unwrap()
+                .contains(RUNNER_CONFIG_PATH)
+        );
+        let img = build_scrub_seed_image("clawfarm-export-x").unwrap();
+        assert!(read_seed_params(&img).unwrap().is_empty());
     }
 
     #[test]
