@@ -172,7 +172,14 @@ pub async fn scrub(
         .with_context(|| format!("cannot create {}", files.qemu_log().display()))?;
     let t0 = std::time::Instant::now();
     let mut child = tokio::process::Command::new(qemu)
-        .args(spec.args())
+        .args(spec.args().into_iter().map(|a| {
+            // Zero writes of the scrub's free-space fill become discards (rfc/009 §3).
+            if a.contains(",discard=unmap") {
+                a.replace(",discard=unmap", ",discard=unmap,detect-zeroes=unmap")
+            } else {
+                a
+            }
+        }))
         .current_dir(work)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
@@ -195,8 +202,7 @@ pub async fn scrub(
     if !serial.lines().any(|l| l.trim_end() == seed::SCRUB_OK) {
         let why = serial
             .lines()
-            .filter(|l| l.starts_with("CLAWFARM-SCRUB failed"))
-            .last()
+            .rfind(|l| l.starts_with("CLAWFARM-SCRUB failed"))
             .map(str::to_string)
             .unwrap_or_else(|| format!("the scrub VM ended ({status}) without reporting"));
         bail!(

@@ -68,6 +68,11 @@ pub struct QemuConfig {
     /// How long an `auto`-chosen KVM guest may stay silent on its serial console
     /// (`CLAWFARM_KVM_WATCHDOG`, default 20 s).
     pub kvm_watchdog: Duration,
+    /// Extra CA certificates for guests (`CLAWFARM_GUEST_CA_CERTS`: a PEM file, or `host`
+    /// for this host's bundle `/etc/ssl/certs/ca-certificates.crt`).
+    pub guest_ca_certs: Option<PathBuf>,
+    /// HTTP(S) proxy URL for guests (`CLAWFARM_GUEST_PROXY`).
+    pub guest_proxy: Option<String>,
 }
 
 impl Default for QemuConfig {
@@ -79,9 +84,14 @@ impl Default for QemuConfig {
             stop_timeout: Duration::from_secs(60),
             ready_timeout: Duration::from_secs(600),
             kvm_watchdog: Duration::from_secs(20),
+            guest_ca_certs: None,
+            guest_proxy: None,
         }
     }
 }
+
+/// The host's CA bundle (Debian/Ubuntu path), for `CLAWFARM_GUEST_CA_CERTS=host`.
+pub const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// A duration from the environment: `90` (seconds) or humantime (`90s`, `2m`).
 fn env_duration(name: &str, default: Duration) -> anyhow::Result<Duration> {
@@ -119,6 +129,18 @@ impl QemuConfig {
             stop_timeout: env_duration("CLAWFARM_STOP_TIMEOUT", d.stop_timeout)?,
             ready_timeout: env_duration("CLAWFARM_READY_TIMEOUT", d.ready_timeout)?,
             kvm_watchdog: env_duration("CLAWFARM_KVM_WATCHDOG", d.kvm_watchdog)?,
+            guest_ca_certs: std::env::var_os("CLAWFARM_GUEST_CA_CERTS")
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    if v == "host" {
+                        PathBuf::from(HOST_CA_BUNDLE)
+                    } else {
+                        PathBuf::from(v)
+                    }
+                }),
+            guest_proxy: std::env::var("CLAWFARM_GUEST_PROXY")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
         })
     }
 }
@@ -287,6 +309,23 @@ impl QemuDriver {
                 .enumerate()
                 .map(|(i, v)| (volume_tag(i), v.guest_path.clone()))
                 .collect(),
+            ca_certs: match &self.cfg.guest_ca_certs {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p).with_context(|| {
+                        format!("cannot read the guest CA certificates {}", p.display())
+                    })?;
+                    let certs = seed::split_pem(&text);
+                    if certs.is_empty() {
+                        bail!(
+                            "{} (CLAWFARM_GUEST_CA_CERTS) holds no PEM certificate",
+                            p.display()
+                        );
+                    }
+                    certs
+                }
+                None => Vec::new(),
+            },
+            proxy: self.cfg.guest_proxy.clone(),
         };
         input.instance_id = seed::instance_id_for(&input);
         Ok(input)

@@ -102,6 +102,12 @@ pub struct SeedInput {
     pub payload_tag: Option<String>,
     /// Extra 9p shares as `(mount tag, absolute guest path)`, mounted read-write.
     pub volumes: Vec<(String, String)>,
+    /// Extra CA certificates (PEM) the guest trusts (cloud-init `ca_certs`), for TLS through
+    /// an intercepting proxy. Also exported to every phase as `NODE_EXTRA_CA_CERTS`.
+    pub ca_certs: Vec<String>,
+    /// HTTP(S) proxy URL for the guest: apt, `/etc/environment` and every phase
+    /// (`http_proxy`, `https_proxy` and the upper-case forms; `no_proxy` for loopback).
+    pub proxy: Option<String>,
 }
 
 impl std::fmt::Debug for SeedInput {
@@ -118,6 +124,11 @@ impl std::fmt::Debug for SeedInput {
             .field("provision", &self.provision)
             .field("payload_tag", &self.payload_tag)
             .field("volumes", &self.volumes)
+            .field("ca_certs", &self.ca_certs.len())
+            .field(
+                "proxy",
+                &self.proxy.as_ref().map(|_| crate::util::secret::REDACTED),
+            )
             .finish()
     }
 }
@@ -247,7 +258,31 @@ pub fn render_params_env(input: &SeedInput) -> String {
             s.push('\n');
         }
     }
+    for (k, v) in guest_env(input) {
+        s.push_str(&format!("{k}={}\n", shell_quote(&v)));
+    }
     s
+}
+
+/// The guest-wide environment from [`SeedInput::proxy`] and [`SeedInput::ca_certs`]
+/// (empty when neither is set).
+pub fn guest_env(input: &SeedInput) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(p) = input.proxy.as_deref().filter(|p| !p.trim().is_empty()) {
+        for k in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"] {
+            out.push((k.to_string(), p.trim().to_string()));
+        }
+        for k in ["no_proxy", "NO_PROXY"] {
+            out.push((k.to_string(), "localhost,127.0.0.1,::1".to_string()));
+        }
+    }
+    if !input.ca_certs.is_empty() {
+        out.push((
+            "NODE_EXTRA_CA_CERTS".to_string(),
+            "/etc/ssl/certs/ca-certificates.crt".to_string(),
+        ));
+    }
+    out
 }
 
 /// The `meta-data` file: instance id and hostname.
@@ -373,7 +408,18 @@ pub fn render_user_data(input: &SeedInput) -> String {
         BOOTSTRAP_UNIT,
         "0644",
     ));
-    let doc = json!({
+    let env = guest_env(input);
+    if !env.is_empty() {
+        let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        files.push(json!({
+            "path": "/etc/environment",
+            "owner": "root:root",
+            "permissions": "0644",
+            "append": true,
+            "content": text,
+        }));
+    }
+    let mut doc = json!({
         "hostname": input.hostname,
         "preserve_hostname": false,
         "manage_etc_hosts": true,
@@ -402,8 +448,36 @@ pub fn render_user_data(input: &SeedInput) -> String {
             ["systemctl", "start", "--no-block", BOOTSTRAP_UNIT_NAME],
         ],
     });
+    if !input.ca_certs.is_empty() {
+        doc["ca_certs"] = json!({ "trusted": input.ca_certs });
+    }
+    if let Some(p) = input.proxy.as_deref().filter(|p| !p.trim().is_empty()) {
+        doc["apt"] = json!({ "http_proxy": p.trim(), "https_proxy": p.trim() });
+    }
     let body = serde_json::to_string_pretty(&doc).unwrap_or_default();
     format!("#cloud-config\n{body}\n")
+}
+
+/// Split a PEM bundle into its certificates (`-----BEGIN CERTIFICATE-----` blocks).
+pub fn split_pem(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        let l = line.trim_end();
+        if l == "-----BEGIN CERTIFICATE-----" {
+            cur = Some(String::new());
+        }
+        if let Some(c) = cur.as_mut() {
+            c.push_str(l);
+            c.push('\n');
+        }
+        if l == "-----END CERTIFICATE-----"
+            && let Some(c) = cur.take()
+        {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The export scrub script (POSIX sh), run in a throwaway VM booted from a copy of an
@@ -703,6 +777,7 @@ mod tests {
             ],
             payload_tag: Some("claw".into()),
             volumes: vec![("data".into(), "/srv/data".into())],
+            ..SeedInput::default()
         };
         s.instance_id = instance_id_for(&s);
         s
@@ -900,6 +975,34 @@ mod tests {
         );
         let img = build_scrub_seed_image("clawfarm-export-x").unwrap();
         assert!(read_seed_params(&img).unwrap().is_empty());
+    }
+
+    #[test]
+    fn ca_certs_and_proxy_reach_cloud_init_and_the_phases() {
+        let plain = render_user_data(&sample());
+        assert!(!plain.contains("ca_certs") && !plain.contains("proxy"));
+        let mut s = sample();
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        s.ca_certs = split_pem(&format!("junk\n{pem}{pem}"));
+        assert_eq!(s.ca_certs.len(), 2);
+        s.proxy = Some("http://10.0.2.2:3128".into());
+        let v: serde_json::Value = serde_saphyr::from_str(&render_user_data(&s)).unwrap();
+        assert_eq!(v["ca_certs"]["trusted"][0], pem);
+        assert_eq!(v["apt"]["https_proxy"], "http://10.0.2.2:3128");
+        let env = render_params_env(&s);
+        assert!(
+            env.contains("https_proxy='http://10.0.2.2:3128'\n"),
+            "{env}"
+        );
+        assert!(env.contains("NODE_EXTRA_CA_CERTS='/etc/ssl/certs/ca-certificates.crt'"));
+        let etc = v["write_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == "/etc/environment")
+            .unwrap();
+        assert_eq!(etc["append"], true);
+        assert_ne!(instance_id_for(&s), instance_id_for(&sample()));
     }
 
     #[test]
