@@ -56,6 +56,8 @@ pub const PAYLOAD_MOUNT: &str = "/opt/claw";
 pub const DEFAULT_SHELL: &str = "/bin/bash";
 /// Volume label of the seed filesystem (cloud-init's NoCloud looks for `cidata`/`CIDATA`).
 pub const SEED_LABEL: &str = "CIDATA";
+/// Guest folder of the extra CA certificates ([`SeedInput::ca_certs`]).
+pub const CA_DIR: &str = "/usr/local/share/ca-certificates";
 /// The guest user that clawfarm logs in as.
 pub const GUEST_USER: &str = "claw";
 
@@ -102,7 +104,7 @@ pub struct SeedInput {
     pub payload_tag: Option<String>,
     /// Extra 9p shares as `(mount tag, absolute guest path)`, mounted read-write.
     pub volumes: Vec<(String, String)>,
-    /// Extra CA certificates (PEM) the guest trusts (cloud-init `ca_certs`), for TLS through
+    /// Extra CA certificates (PEM) the guest trusts (system store via `update-ca-certificates`), for TLS through
     /// an intercepting proxy. Also exported to every phase as `NODE_EXTRA_CA_CERTS`.
     pub ca_certs: Vec<String>,
     /// HTTP(S) proxy URL for the guest: apt, `/etc/environment` and every phase
@@ -449,7 +451,22 @@ pub fn render_user_data(input: &SeedInput) -> String {
         ],
     });
     if !input.ca_certs.is_empty() {
-        doc["ca_certs"] = json!({ "trusted": input.ca_certs });
+        // Not cloud-init's `ca_certs` module: in the guest image's cloud-init (22.4) it
+        // left the trust store unchanged (measured). The certificates are written as files
+        // and `update-ca-certificates` runs first thing in runcmd, before any phase.
+        let files = doc["write_files"].as_array_mut().expect("write_files");
+        for (i, pem) in input.ca_certs.iter().enumerate() {
+            files.push(json!({
+                "path": format!("{CA_DIR}/clawfarm-{i}.crt"),
+                "owner": "root:root",
+                "permissions": "0644",
+                "content": pem,
+            }));
+        }
+        doc["runcmd"]
+            .as_array_mut()
+            .expect("runcmd")
+            .insert(0, json!(["update-ca-certificates"]));
     }
     if let Some(p) = input.proxy.as_deref().filter(|p| !p.trim().is_empty()) {
         doc["apt"] = json!({ "http_proxy": p.trim(), "https_proxy": p.trim() });
@@ -987,7 +1004,14 @@ mod tests {
         assert_eq!(s.ca_certs.len(), 2);
         s.proxy = Some("http://10.0.2.2:3128".into());
         let v: serde_json::Value = serde_saphyr::from_str(&render_user_data(&s)).unwrap();
-        assert_eq!(v["ca_certs"]["trusted"][0], pem);
+        let files = v["write_files"].as_array().unwrap();
+        let ca: Vec<&serde_json::Value> = files
+            .iter()
+            .filter(|f| f["path"].as_str().unwrap().starts_with(CA_DIR))
+            .collect();
+        assert_eq!(ca.len(), 2);
+        assert_eq!(ca[0]["content"], pem);
+        assert_eq!(v["runcmd"][0][0], "update-ca-certificates");
         assert_eq!(v["apt"]["https_proxy"], "http://10.0.2.2:3128");
         let env = render_params_env(&s);
         assert!(
