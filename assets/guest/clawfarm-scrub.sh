@@ -100,17 +100,12 @@ find /var/log -xdev -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' 
 find /var/log -xdev -type f -print0 | xargs -0 -r truncate -s 0
 
 # 8. Free space: blocks freed earlier (by the instance itself: cloud-init rewrites its
-#    state files on every boot, editors and package managers replace files) still hold old
-#    bytes, and fstrim cannot discard a 4 KiB block inside a 64 KiB qcow2 cluster that
-#    still holds other data. So fill the free space with zeros (the scrub VM's disk has
-#    detect-zeroes=unmap: zero writes become discards, the copy does not grow), remove the
-#    fill, discard the rest, then sync, remount read-only and power off at once.
+#    state files on every boot, package managers replace files) still hold old bytes.
+#    fstrim discards every free block; the scrub VM's disk is an overlay with 4 KiB
+#    clusters, so each discarded block reads as zeros from then on. Then sync, remount
+#    read-only and power off at once.
 sync
-dd if=/dev/zero of=/clawfarm-zero-fill bs=1M status=none 2>/dev/null
-sync
-rm -f /clawfarm-zero-fill
-sync
-fstrim -v / > /dev/ttyS0 2>&1 || true
+fstrim -v / > /dev/ttyS0 2>&1 || fail fstrim
 sync
 say ok
 echo s > /proc/sysrq-trigger

@@ -967,7 +967,8 @@ impl Driver for QemuDriver {
         }
         let disk = self.files(&rec.clawid).disk();
         let work = work.to_path_buf();
-        tokio::task::spawn_blocking(move || export::snapshot(&disk, &work)).await?
+        let qi = self.cfg.qemu_img.clone();
+        tokio::task::spawn_blocking(move || export::snapshot(&qi, &disk, &work)).await?
     }
 
     async fn export_layer(
