@@ -379,7 +379,15 @@ fn write_box(
     h.set_entry_type(tar::EntryType::Regular);
     tar.append_data(&mut h, CLAWSPEC_JSON, clawspec.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    tar.append_path_with_name(layer, RUN_QCOW2)
+    // A plain regular entry: the tar crate would write a sparse file (a qcow2 has holes) as
+    // a GNU sparse entry, which the importer refuses (rfc/003 §7).
+    let lf =
+        std::fs::File::open(layer).with_context(|| format!("cannot open {}", layer.display()))?;
+    let mut h = tar::Header::new_gnu();
+    h.set_size(lf.metadata()?.len());
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut h, RUN_QCOW2, lf)
         .with_context(|| format!("cannot write {}", path.display()))?;
     if let Some(p) = payload {
         tar.append_dir_all(bundle::PAYLOAD_DIR, p)
@@ -445,6 +453,35 @@ mod tests {
         assert_eq!(found.key, "B");
         assert_eq!(found.encoding, "base64");
         assert!(found.offset >= at && found.offset < at + text.len() as u64);
+    }
+
+    #[test]
+    fn a_sparse_layer_is_a_plain_regular_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let layer = d.path().join("run.qcow2");
+        let mut f = std::fs::File::create(&layer).unwrap();
+        f.write_all(b"QFI\xfbhead").unwrap();
+        f.set_len(4 << 20).unwrap();
+        f.seek(SeekFrom::Start(3 << 20)).unwrap();
+        f.write_all(b"tail").unwrap();
+        drop(f);
+        let out = d.path().join("x.clawbox");
+        write_box(&out, "{}", &layer, None).unwrap();
+        let mut a = tar::Archive::new(flate2::read::GzDecoder::new(
+            std::fs::File::open(&out).unwrap(),
+        ));
+        let mut seen = Vec::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let t = e.header().entry_type();
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut b = Vec::new();
+            e.read_to_end(&mut b).unwrap();
+            seen.push((name, t, b.len()));
+        }
+        assert_eq!(seen[1].0, "run.qcow2");
+        assert_eq!(seen[1].1, tar::EntryType::Regular);
+        assert_eq!(seen[1].2, 4 << 20);
     }
 
     #[test]

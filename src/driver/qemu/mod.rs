@@ -1218,9 +1218,19 @@ fn qemu_errors(text: &str) -> String {
 pub fn create_overlay(qemu_img: &Path, blob: &Path, tmp: &Path, disk: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(tmp);
     // The backing format is the stored image's own, never assumed (RFC 003 §10).
-    let backing_format = match crate::store::part::disk_format(blob)? {
-        crate::store::part::DiskFormat::Qcow2 => "qcow2",
-        crate::store::part::DiskFormat::Raw => "raw",
+    // A linked run layer (rfc/009) names its base on purpose: it is made by the driver
+    // itself from two verified blobs, and it is always a qcow2.
+    let linked = blob
+        .parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "layers");
+    let backing_format = if linked {
+        "qcow2"
+    } else {
+        match crate::store::part::disk_format(blob)? {
+            crate::store::part::DiskFormat::Qcow2 => "qcow2",
+            crate::store::part::DiskFormat::Raw => "raw",
+        }
     };
     let out = Command::new(qemu_img)
         .args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])
