@@ -150,6 +150,7 @@ fn run() -> anyhow::Result<()> {
                 provision: steps,
                 payload_tag,
                 volumes,
+                ..SeedInput::default()
             };
             input.instance_id = seed::instance_id_for(&input);
             let path = out.join("seed.img");

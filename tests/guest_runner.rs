@@ -121,6 +121,7 @@ fn input(root_marker: &str) -> SeedInput {
         ],
         payload_tag: None,
         volumes: vec![],
+        ..SeedInput::default()
     };
     s.instance_id = seed::instance_id_for(&s);
     s
@@ -288,4 +289,50 @@ fn background_daemon_does_not_hold_the_runner() {
     // Still running after the runner exited.
     assert_eq!(unsafe { libc::kill(pid, 0) }, 0);
     unsafe { libc::kill(pid, libc::SIGTERM) };
+}
+
+#[test]
+fn install_already_on_the_disk_is_skipped_for_a_new_instance() {
+    if !have_python() {
+        eprintln!("skipped: python3 not found");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().display().to_string();
+    let inp = input(&marker);
+    let g = Guest::new(&inp, "boot1");
+    assert_eq!(g.boot(), 0);
+    // An exported disk booted as another instance: new seed (another param value, so
+    // another instance id), same install script.
+    let mut other = inp.clone();
+    other
+        .params
+        .push(("EXTRA".into(), clawfarm::util::secret::Secret::new("x")));
+    other.instance_id = seed::instance_id_for(&other);
+    assert_ne!(other.instance_id, inp.instance_id);
+    apply_write_files(&g.root, &seed::render_user_data(&other));
+    g.set_nonce("boot2");
+    assert_eq!(g.boot(), 0);
+    let st = guest::read_status(&g.port(), "boot2").unwrap();
+    assert!(st.done, "{st:?}");
+    let install: Vec<StepState> = st
+        .events
+        .iter()
+        .filter(|e| e.phase.to_string() == "install")
+        .map(|e| e.state)
+        .collect();
+    assert_eq!(install, [StepState::Skipped]);
+    let order = fs::read_to_string(dir.path().join("order")).unwrap();
+    assert_eq!(order.matches("install").count(), 1, "{order}");
+    // Provision steps run for the new instance.
+    assert_eq!(order.matches("provision0").count(), 2, "{order}");
+    // A changed install script runs.
+    let mut third = other.clone();
+    third.install_script.push_str("\necho changed\n");
+    third.instance_id = seed::instance_id_for(&third);
+    apply_write_files(&g.root, &seed::render_user_data(&third));
+    g.set_nonce("boot3");
+    assert_eq!(g.boot(), 0);
+    let order = fs::read_to_string(dir.path().join("order")).unwrap();
+    assert_eq!(order.matches("install").count(), 2, "{order}");
 }

@@ -99,6 +99,7 @@ fn planner_table() {
             protected: &[],
             changes: &["create a"],
             actions: &[
+                "fetch-blob bbbbbbbbbbbb (https://example.invalid/base.qcow2)",
                 "create-disk <a>",
                 "write-seed <a>",
                 "start <a>",
@@ -114,6 +115,7 @@ fn planner_table() {
             changes: &["create a", "create b"],
             actions: &[
                 "import-bundle 333333333333",
+                "fetch-blob bbbbbbbbbbbb (https://example.invalid/base.qcow2)",
                 "create-disk <a>",
                 "write-seed <a>",
                 "start <a>",
@@ -154,7 +156,11 @@ fn planner_table() {
             prune: false,
             protected: &[],
             changes: &["create a"],
-            actions: &["create-disk <a>", "write-seed <a>"],
+            actions: &[
+                "fetch-blob bbbbbbbbbbbb (https://example.invalid/base.qcow2)",
+                "create-disk <a>",
+                "write-seed <a>",
+            ],
         },
         Case {
             name: "steady state",
@@ -211,6 +217,7 @@ fn planner_table() {
             actions: &[
                 "stop <a>",
                 "remove <a>",
+                "fetch-blob bbbbbbbbbbbb (https://example.invalid/base.qcow2)",
                 "create-disk <a>",
                 "write-seed <a>",
                 "start <a>",
@@ -226,6 +233,7 @@ fn planner_table() {
             changes: &["replace a (bundle 111111111111 → 222222222222; param MODEL changed)"],
             actions: &[
                 "remove <a>",
+                "fetch-blob bbbbbbbbbbbb (https://example.invalid/base.qcow2)",
                 "create-disk <a>",
                 "write-seed <a>",
                 "start <a>",
@@ -240,6 +248,7 @@ fn planner_table() {
             protected: &[],
             changes: &["create a (previous apply did not finish)"],
             actions: &[
+                "fetch-blob bbbbbbbbbbbb (https://example.invalid/base.qcow2)",
                 "create-disk <a>",
                 "write-seed <a>",
                 "start <a>",
@@ -284,6 +293,7 @@ fn planner_table() {
             protected: &[],
             changes: &["create new", "delete old (manifest removed)"],
             actions: &[
+                "fetch-blob bbbbbbbbbbbb (https://example.invalid/base.qcow2)",
                 "create-disk <new>",
                 "write-seed <new>",
                 "stop <old>",

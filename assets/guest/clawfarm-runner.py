@@ -8,7 +8,9 @@ Per boot:  cloud-init (ok/failed from `cloud-init status`) -> mount (9p shares)
            -> the phases of /etc/clawfarm/runner.json in order (install, start, provision[i])
            -> done.
 A phase with "once": true (install, provision steps) is skipped when it already succeeded for
-this cloud-init instance id; a failed one is retried on the next boot. Any failure stops the
+this cloud-init instance id; a failed one is retried on the next boot. An install whose script
+(same sha256) already succeeded on this disk, for any instance id, is reported "skipped" (a
+disk exported by `clawfarm export` and booted as a new instance). Any failure stops the
 sequence: the failed line is the last line of that boot, and no "done" follows.
 
 Each status line is one JSON object (ASCII) written to the virtio-serial port
@@ -21,6 +23,7 @@ The environment variable CLAWFARM_RUNNER_ROOT prefixes every absolute path (test
 
 import datetime
 import glob
+import hashlib
 import json
 import os
 import shlex
@@ -33,6 +36,9 @@ NONCE_FILE = "/sys/firmware/qemu_fw_cfg/by_name/opt/org.clawfarm/boot/raw"
 CONFIG = "/etc/clawfarm/runner.json"
 LOG_DIR = "/var/log/clawfarm"
 STATE_DIR = "/var/lib/clawfarm/state"
+# Digests of the install scripts that ran to success on this disk (kept by `clawfarm export`,
+# so an instance from an exported box skips an install its layer already holds).
+INSTALLED_DIR = "/var/lib/clawfarm/installed"
 TAIL_LINES = 20
 TAIL_BYTES = 4000
 
@@ -128,6 +134,15 @@ def tail_of(path, start=0, end=None):
     return text[-TAIL_BYTES:]
 
 
+def script_digest(path):
+    """The sha256 of a phase script (hex), or None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
 def exit_code(rc):
     return 128 - rc if rc < 0 else rc
 
@@ -197,6 +212,16 @@ def run_phase(rep, cfg, ph, env_base, state):
     marker = os.path.join(state, key + ".ok")
     if ph.get("once") and os.path.exists(marker):
         return True
+    installed = None
+    if phase == "install":
+        digest = script_digest(p(ph["script"]))
+        if digest:
+            installed = p(os.path.join(INSTALLED_DIR, digest))
+            if os.path.exists(installed):
+                with open(marker, "w") as f:
+                    f.write(now() + " skipped: installed on this disk\n")
+                rep.emit(phase, "skipped", step=step, name=name, code=0)
+                return True
     log = p("%s/%s.log" % (LOG_DIR, key))
     rep.emit(phase, "started", step=step, name=name)
     env = dict(env_base)
@@ -234,6 +259,10 @@ def run_phase(rep, cfg, ph, env_base, state):
         return False
     if ph.get("once"):
         with open(marker, "w") as f:
+            f.write(now() + "\n")
+    if installed:
+        os.makedirs(os.path.dirname(installed), mode=0o700, exist_ok=True)
+        with open(installed, "w") as f:
             f.write(now() + "\n")
     rep.emit(phase, "ok", step=step, name=name, code=0)
     return True

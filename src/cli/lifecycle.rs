@@ -23,6 +23,19 @@ pub struct StartArgs {
     pub no_wait: bool,
 }
 
+/// Arguments of `clawfarm export`.
+#[derive(Debug, Args, Clone)]
+pub struct ExportArgs {
+    /// CLAWID, name, or unique CLAWID prefix.
+    pub id: String,
+    /// The .clawbox file to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: std::path::PathBuf,
+    /// Replace FILE when it exists (never overrides a secret found in the layer).
+    #[arg(long)]
+    pub force: bool,
+}
+
 /// Arguments of `clawfarm rm`.
 #[derive(Debug, Args, Clone)]
 pub struct RmArgs {
@@ -71,6 +84,49 @@ pub fn start(ctx: &Ctx, args: &StartArgs) -> anyhow::Result<u8> {
     );
     let r = rt.block_on(ops::wait_ready(&ctx.home, &*driver, &r))?;
     outln!("{} ready", r.clawid)?;
+    Ok(0)
+}
+
+/// `clawfarm export`.
+pub fn export(ctx: &Ctx, args: &ExportArgs) -> anyhow::Result<u8> {
+    let driver = ctx.driver()?;
+    let r = runtime()?.block_on(crate::reconcile::export::export(
+        &ctx.home,
+        &*driver,
+        &args.id,
+        &args.output,
+        args.force,
+        say_waiting(),
+    ))?;
+    if !r.unscanned.is_empty() {
+        eprintln!(
+            "warning: secret params {} are shorter than {} characters and were not scanned for",
+            r.unscanned.join(", "),
+            crate::reconcile::export::MIN_SCAN_LEN
+        );
+    }
+    use crate::util::text::human_bytes;
+    outln!(
+        "{} exported to {} ({}; layer {}, instance disk {}; scrub {:.1}s, layer {:.1}s, total {:.1}s; secret params scanned: {}){}",
+        r.clawid,
+        r.out.display(),
+        human_bytes(r.bundle_bytes),
+        human_bytes(r.layer_bytes),
+        human_bytes(r.figures.disk_bytes),
+        r.figures.scrub.as_secs_f64(),
+        r.figures.flatten.as_secs_f64(),
+        r.elapsed.as_secs_f64(),
+        if r.scanned.is_empty() {
+            "none".to_string()
+        } else {
+            r.scanned.join(", ")
+        },
+        if r.restarted {
+            "; the instance was started again"
+        } else {
+            ""
+        }
+    )?;
     Ok(0)
 }
 

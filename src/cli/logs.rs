@@ -187,6 +187,7 @@ fn format_event(ev: &GuestEvent) -> String {
         StepState::Started => "started".to_string(),
         StepState::Ok => "ok".to_string(),
         StepState::Failed => format!("FAILED (exit {})", ev.code.unwrap_or(-1)),
+        StepState::Skipped => "skipped (already installed on this disk)".to_string(),
     };
     let mut s = format!(
         "{:<20}  {:<24}  {state}",

@@ -104,6 +104,9 @@ pub enum Command {
     Ps(ps::PsArgs),
     /// Stop an instance (graceful, then forced).
     Stop(lifecycle::StopArgs),
+    /// Write an instance as a new .clawbox: its disk changes (scrubbed of secrets and
+    /// per-instance state) as a layer over the same base image, with the same clawspec.
+    Export(lifecycle::ExportArgs),
     /// Start a stopped instance.
     Start(lifecycle::StartArgs),
     /// Remove an instance (its volumes are kept unless --purge).
@@ -237,6 +240,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Apply(a) => manifests::apply(&ctx, &a),
         Command::Ps(a) => ps::ps(&ctx, &a),
         Command::Stop(a) => lifecycle::stop(&ctx, &a),
+        Command::Export(a) => lifecycle::export(&ctx, &a),
         Command::Start(a) => lifecycle::start(&ctx, &a),
         Command::Rm(a) => lifecycle::rm(&ctx, &a),
         Command::New(a) => crate::tui::wizard::run(&a),

@@ -56,6 +56,9 @@ pub enum StepState {
     Ok,
     /// The phase ended with a non-zero code.
     Failed,
+    /// The phase was not run: its work is already on the disk (an install recorded by the
+    /// digest of its script, in a disk exported by `clawfarm export`).
+    Skipped,
 }
 
 /// One parsed status line of the current boot.
@@ -116,6 +119,7 @@ impl GuestStatus {
                 StepState::Started => "started",
                 StepState::Ok => "ok",
                 StepState::Failed => "failed",
+                StepState::Skipped => "skipped",
             };
             format!("{l}: {s}")
         } else {

@@ -7,7 +7,7 @@
 //! `CLAWFARM_FAKE_DELAY_MS=N` makes every action take N ms (for crash tests).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -17,12 +17,17 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::boot::{GuestEvent, GuestPhase, GuestStatus, StepState};
-use super::{Driver, DriverError, GuestHealth, Liveness, LogKind, StopOutcome};
+use super::{Driver, DriverError, ExportFigures, GuestHealth, Liveness, LogKind, StopOutcome};
 use crate::desired::{BundleDesired, DesiredInstance};
 use crate::home::Home;
 use crate::input::clawspec::Image;
 use crate::state::record::{ProcessId, Record, Runtime};
 use crate::util::fsutil::write_atomic;
+
+/// The fake seed's param values (stands in for the real seed's params file).
+const PARAMS_FILE: &str = "params.fake";
+/// The fake disk: what an export's layer holds (a test may write a "secret" into it).
+pub const DISK_FILE: &str = "disk.fake";
 
 /// The fake VM state file in an instance folder.
 const VM_FILE: &str = "fake-vm.json";
@@ -215,6 +220,18 @@ impl Driver for FakeDriver {
         // The fake seed holds digests, like a record; the real seed holds values.
         let content = serde_json::to_vec(&inst.build)?;
         write_atomic(&self.dir(&inst.clawid).join("seed.fake"), &content, 0o600)?;
+        // The values, as the real seed holds them (0600), for the export's secret scan.
+        // Hex, so that a search of the home for a value in clear finds nothing here either.
+        let values: Vec<(&str, String)> = inst
+            .params
+            .iter()
+            .map(|p| (p.key.as_str(), hex::encode(p.value.expose())))
+            .collect();
+        write_atomic(
+            &self.dir(&inst.clawid).join(PARAMS_FILE),
+            &serde_json::to_vec(&values)?,
+            0o600,
+        )?;
         Ok(())
     }
 
@@ -393,5 +410,59 @@ impl Driver for FakeDriver {
             "instance {} runs on the fake driver (CLAWFARM_DRIVER=fake): it has no guest to log in to",
             rec.clawid
         )
+    }
+
+    fn has_booted(&self, clawid: &str) -> bool {
+        self.vm(clawid).is_some_and(|vm| vm.boot > 0)
+    }
+
+    fn param_values(
+        &self,
+        clawid: &str,
+    ) -> Result<Vec<(String, crate::util::secret::Secret)>, DriverError> {
+        let p = self.dir(clawid).join(PARAMS_FILE);
+        let b = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let v: Vec<(String, String)> = serde_json::from_slice(&b)?;
+        v.into_iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8(hex::decode(v)?)?;
+                Ok((k, crate::util::secret::Secret::new(v)))
+            })
+            .collect()
+    }
+
+    async fn export_snapshot(&self, rec: &Record, work: &Path) -> Result<(), DriverError> {
+        self.enter("export-snapshot", &rec.clawid).await?;
+        if self.vm(&rec.clawid).is_some_and(|vm| vm.running) {
+            bail!(
+                "instance {} is running; its disk cannot be copied consistently",
+                rec.clawid
+            );
+        }
+        std::fs::create_dir_all(work)?;
+        std::fs::copy(self.dir(&rec.clawid).join(DISK_FILE), work.join(DISK_FILE))?;
+        Ok(())
+    }
+
+    async fn export_layer(
+        &self,
+        rec: &Record,
+        _base: &Image,
+        work: &Path,
+        out: &Path,
+    ) -> Result<ExportFigures, DriverError> {
+        self.enter("export-layer", &rec.clawid).await?;
+        // The fake layer is the fake disk copy, as is (nothing to scrub in it).
+        let data = std::fs::read(work.join(DISK_FILE))?;
+        std::fs::write(out, &data)?;
+        Ok(ExportFigures {
+            disk_bytes: data.len() as u64,
+            ..ExportFigures::default()
+        })
+    }
+
+    async fn layer_raw(&self, layer: &Path, raw: &Path) -> Result<(), DriverError> {
+        std::fs::copy(layer, raw)?;
+        Ok(())
     }
 }

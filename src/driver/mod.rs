@@ -6,7 +6,7 @@
 //! converges instead of duplicating work.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use crate::desired::{BundleDesired, DesiredInstance};
 use crate::driver::boot::GuestStatus;
 use crate::input::clawspec::Image;
 use crate::state::record::{ProcessId, Record, Runtime};
+use crate::util::secret::Secret;
 
 pub mod boot;
 pub mod fake;
@@ -113,6 +114,17 @@ pub enum LogKind {
     Vmm,
 }
 
+/// What an export of a disk layer measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExportFigures {
+    /// Size of the instance's own disk file (its overlay) before export.
+    pub disk_bytes: u64,
+    /// How long the scrub took (booting the copy, scrubbing, powering off).
+    pub scrub: Duration,
+    /// How long writing the compressed layer took.
+    pub flatten: Duration,
+}
+
 /// The effects the engine needs. Methods take the data they need and nothing more;
 /// records are written by the executor and the lifecycle verbs (`reconcile::ops`), not by
 /// drivers.
@@ -167,6 +179,30 @@ pub trait Driver: Send + Sync {
     /// The command that logs in to the running guest of `rec` as user `claw` (or runs
     /// `command` there). Drivers without a guest to log in to refuse with a reason.
     fn ssh_command(&self, rec: &Record, command: &[String]) -> Result<Command, DriverError>;
+
+    /// True when instance `clawid` has a disk that has been booted at least once.
+    fn has_booted(&self, clawid: &str) -> bool;
+
+    /// The param values instance `clawid` was given (read back from where the driver keeps
+    /// them for the guest), for the export's secret scan. Never logged.
+    fn param_values(&self, clawid: &str) -> Result<Vec<(String, Secret)>, DriverError>;
+
+    /// Copy the disk of `rec` (stopped: the caller quiesced it) into the folder `work`.
+    async fn export_snapshot(&self, rec: &Record, work: &Path) -> Result<(), DriverError>;
+
+    /// Scrub the copy in `work` (rfc/010) and write its changes relative to the image
+    /// `base` at `out`: a compressed qcow2 without backing file.
+    async fn export_layer(
+        &self,
+        rec: &Record,
+        base: &Image,
+        work: &Path,
+        out: &Path,
+    ) -> Result<ExportFigures, DriverError>;
+
+    /// The bytes a layer written by [`Driver::export_layer`] holds, as a (sparse) raw file
+    /// at `raw`, for the secret scan.
+    async fn layer_raw(&self, layer: &Path, raw: &Path) -> Result<(), DriverError>;
 }
 
 /// The driver for `home`: the fake when `CLAWFARM_DRIVER=fake` (tests), else QEMU,

@@ -373,7 +373,7 @@ impl Builder {
 }
 
 /// The shared nodes a fresh disk of `bundle` needs: its import (when not imported yet)
-/// and, when it has no `run` layer, the fetch of its base image.
+/// and the fetch of its base image (a `run` layer backs on it too, rfc/010).
 fn prerequisites(b: &mut Builder, bundle: &BundleDesired) -> Vec<NodeIndex> {
     let mut out = Vec::new();
     if !bundle.imported {
@@ -381,9 +381,7 @@ fn prerequisites(b: &mut Builder, bundle: &BundleDesired) -> Vec<NodeIndex> {
             digest: bundle.digest.clone(),
         }));
     }
-    if bundle.clawspec.image.iter().all(|i| i.name != "run")
-        && let Some(base) = bundle.clawspec.image.iter().find(|i| i.name == "base")
-    {
+    if let Some(base) = bundle.clawspec.image.iter().find(|i| i.name == "base") {
         out.push(b.node(fetch(base)));
     }
     out

@@ -183,6 +183,7 @@ fn state_word(s: StepState) -> &'static str {
         StepState::Started => "started",
         StepState::Ok => "ok",
         StepState::Failed => "failed",
+        StepState::Skipped => "skipped",
     }
 }
 

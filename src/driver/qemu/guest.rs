@@ -19,7 +19,7 @@
 //! # Lines
 //!
 //! ```text
-//! {"boot": "<nonce>", "phase": "<phase>", ["step": <int>, "name": "<name>",] "status": "started"|"ok"|"failed", ["code": <int>,] ["tail": "<last 20 log lines>",] "ts": "<RFC 3339 UTC>"}
+//! {"boot": "<nonce>", "phase": "<phase>", ["step": <int>, "name": "<name>",] "status": "started"|"ok"|"failed"|"skipped", ["code": <int>,] ["tail": "<last 20 log lines>",] "ts": "<RFC 3339 UTC>"}
 //! ```
 //!
 //! Phases per boot, in order: `cloud-init` (`started` from cloud-init's `bootcmd`; `ok` or
@@ -87,6 +87,7 @@ fn parse_line(line: &str, nonce: &str) -> Option<GuestEvent> {
         "started" => StepState::Started,
         "ok" => StepState::Ok,
         "failed" => StepState::Failed,
+        "skipped" => StepState::Skipped,
         _ => return None,
     };
     let phase = match v.get("phase")?.as_str()? {

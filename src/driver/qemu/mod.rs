@@ -12,6 +12,7 @@
 
 pub mod accel;
 pub mod cmdline;
+pub mod export;
 pub mod guest;
 pub mod layout;
 pub mod procfs;
@@ -38,7 +39,9 @@ use self::qmp::Qmp;
 use self::seed::SeedInput;
 use crate::desired::{BundleDesired, DesiredInstance, gateway_port};
 use crate::driver::boot::GuestStatus;
-use crate::driver::{Driver, DriverError, GuestHealth, Liveness, LogKind, StopOutcome};
+use crate::driver::{
+    Driver, DriverError, ExportFigures, GuestHealth, Liveness, LogKind, StopOutcome,
+};
 use crate::home::Home;
 use crate::input::clawspec::Image;
 use crate::state::record::{ProcessId, Record, Runtime};
@@ -65,6 +68,11 @@ pub struct QemuConfig {
     /// How long an `auto`-chosen KVM guest may stay silent on its serial console
     /// (`CLAWFARM_KVM_WATCHDOG`, default 20 s).
     pub kvm_watchdog: Duration,
+    /// Extra CA certificates for guests (`CLAWFARM_GUEST_CA_CERTS`: a PEM file, or `host`
+    /// for this host's bundle `/etc/ssl/certs/ca-certificates.crt`).
+    pub guest_ca_certs: Option<PathBuf>,
+    /// HTTP(S) proxy URL for guests (`CLAWFARM_GUEST_PROXY`).
+    pub guest_proxy: Option<String>,
 }
 
 impl Default for QemuConfig {
@@ -76,9 +84,14 @@ impl Default for QemuConfig {
             stop_timeout: Duration::from_secs(60),
             ready_timeout: Duration::from_secs(600),
             kvm_watchdog: Duration::from_secs(20),
+            guest_ca_certs: None,
+            guest_proxy: None,
         }
     }
 }
+
+/// The host's CA bundle (Debian/Ubuntu path), for `CLAWFARM_GUEST_CA_CERTS=host`.
+pub const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// A duration from the environment: `90` (seconds) or humantime (`90s`, `2m`).
 fn env_duration(name: &str, default: Duration) -> anyhow::Result<Duration> {
@@ -116,6 +129,18 @@ impl QemuConfig {
             stop_timeout: env_duration("CLAWFARM_STOP_TIMEOUT", d.stop_timeout)?,
             ready_timeout: env_duration("CLAWFARM_READY_TIMEOUT", d.ready_timeout)?,
             kvm_watchdog: env_duration("CLAWFARM_KVM_WATCHDOG", d.kvm_watchdog)?,
+            guest_ca_certs: std::env::var_os("CLAWFARM_GUEST_CA_CERTS")
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    if v == "host" {
+                        PathBuf::from(HOST_CA_BUNDLE)
+                    } else {
+                        PathBuf::from(v)
+                    }
+                }),
+            guest_proxy: std::env::var("CLAWFARM_GUEST_PROXY")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
         })
     }
 }
@@ -284,6 +309,23 @@ impl QemuDriver {
                 .enumerate()
                 .map(|(i, v)| (volume_tag(i), v.guest_path.clone()))
                 .collect(),
+            ca_certs: match &self.cfg.guest_ca_certs {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p).with_context(|| {
+                        format!("cannot read the guest CA certificates {}", p.display())
+                    })?;
+                    let certs = seed::split_pem(&text);
+                    if certs.is_empty() {
+                        bail!(
+                            "{} (CLAWFARM_GUEST_CA_CERTS) holds no PEM certificate",
+                            p.display()
+                        );
+                    }
+                    certs
+                }
+                None => Vec::new(),
+            },
+            proxy: self.cfg.guest_proxy.clone(),
         };
         input.instance_id = seed::instance_id_for(&input);
         Ok(input)
@@ -612,7 +654,18 @@ impl Driver for QemuDriver {
         let files = self.files(&inst.clawid);
         let img = Self::backing_image(inst)?;
         let blob = self.home.blob(&img.sha256);
-        let blob = std::path::absolute(&blob).unwrap_or(blob);
+        let mut blob = std::path::absolute(&blob).unwrap_or(blob);
+        // A run layer backs on its base (rfc/010): link the two once, in the store.
+        if img.name == "run"
+            && let Some(base) = inst.bundle.clawspec.image.iter().find(|i| i.name == "base")
+            && blob.is_file()
+        {
+            let (home, qi) = (self.home.clone(), self.cfg.qemu_img.clone());
+            let (run, base) = (img.sha256.clone(), base.sha256.clone());
+            blob =
+                tokio::task::spawn_blocking(move || export::layer_on_base(&home, &qi, &run, &base))
+                    .await??;
+        }
         if !blob.is_file() {
             bail!(
                 "instance {}: the {} image (blob {}) is not in the store",
@@ -887,6 +940,88 @@ impl Driver for QemuDriver {
     fn ssh_command(&self, rec: &Record, command: &[String]) -> Result<Command, DriverError> {
         self.ssh_command_of(rec, command)
     }
+
+    fn has_booted(&self, clawid: &str) -> bool {
+        let files = self.files(clawid);
+        files.disk().is_file()
+            && (std::fs::metadata(files.serial_log()).is_ok_and(|m| m.len() > 0)
+                || std::fs::metadata(files.serial_prev_log()).is_ok_and(|m| m.len() > 0))
+    }
+
+    fn param_values(
+        &self,
+        clawid: &str,
+    ) -> Result<Vec<(String, crate::util::secret::Secret)>, DriverError> {
+        let p = self.files(clawid).seed();
+        let img = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        seed::read_seed_params(&img)
+            .with_context(|| format!("cannot read the params of {}", p.display()))
+    }
+
+    async fn export_snapshot(&self, rec: &Record, work: &Path) -> Result<(), DriverError> {
+        if self.running(&rec.clawid, Some(rec)).is_some() {
+            bail!(
+                "instance {} is running; its disk cannot be copied consistently",
+                rec.clawid
+            );
+        }
+        let disk = self.files(&rec.clawid).disk();
+        let work = work.to_path_buf();
+        let qi = self.cfg.qemu_img.clone();
+        tokio::task::spawn_blocking(move || export::snapshot(&qi, &disk, &work)).await?
+    }
+
+    async fn export_layer(
+        &self,
+        rec: &Record,
+        base: &Image,
+        work: &Path,
+        out: &Path,
+    ) -> Result<ExportFigures, DriverError> {
+        let base_blob = std::path::absolute(self.home.blob(&base.sha256))?;
+        if !base_blob.is_file() {
+            bail!(
+                "the base image (blob {}) is not in the store",
+                base_blob.display()
+            );
+        }
+        let disk_bytes = std::fs::metadata(self.files(&rec.clawid).disk())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let accel = accel::choose(&self.home, self.cfg.accel, &self.cfg.qemu)
+            .await
+            .accel;
+        let scrub = export::scrub(
+            &self.cfg.qemu,
+            accel,
+            work,
+            rec.resources.memory_mib,
+            self.cfg.ready_timeout,
+        )
+        .await?;
+        let t0 = Instant::now();
+        let (qi, work2, out2) = (
+            self.cfg.qemu_img.clone(),
+            work.to_path_buf(),
+            out.to_path_buf(),
+        );
+        tokio::task::spawn_blocking(move || export::flatten(&qi, &work2, &base_blob, &out2))
+            .await??;
+        Ok(ExportFigures {
+            disk_bytes,
+            scrub,
+            flatten: t0.elapsed(),
+        })
+    }
+
+    async fn layer_raw(&self, layer: &Path, raw: &Path) -> Result<(), DriverError> {
+        let (qi, layer, raw) = (
+            self.cfg.qemu_img.clone(),
+            layer.to_path_buf(),
+            raw.to_path_buf(),
+        );
+        tokio::task::spawn_blocking(move || export::to_raw(&qi, &layer, &raw)).await?
+    }
 }
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -1083,9 +1218,19 @@ fn qemu_errors(text: &str) -> String {
 pub fn create_overlay(qemu_img: &Path, blob: &Path, tmp: &Path, disk: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(tmp);
     // The backing format is the stored image's own, never assumed (RFC 003 §10).
-    let backing_format = match crate::store::part::disk_format(blob)? {
-        crate::store::part::DiskFormat::Qcow2 => "qcow2",
-        crate::store::part::DiskFormat::Raw => "raw",
+    // A linked run layer (rfc/010) names its base on purpose: it is made by the driver
+    // itself from two verified blobs, and it is always a qcow2.
+    let linked = blob
+        .parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "layers");
+    let backing_format = if linked {
+        "qcow2"
+    } else {
+        match crate::store::part::disk_format(blob)? {
+            crate::store::part::DiskFormat::Qcow2 => "qcow2",
+            crate::store::part::DiskFormat::Raw => "raw",
+        }
     };
     let out = Command::new(qemu_img)
         .args(["create", "-q", "-f", "qcow2", "-F", backing_format, "-b"])

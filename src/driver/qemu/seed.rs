@@ -56,6 +56,8 @@ pub const PAYLOAD_MOUNT: &str = "/opt/claw";
 pub const DEFAULT_SHELL: &str = "/bin/bash";
 /// Volume label of the seed filesystem (cloud-init's NoCloud looks for `cidata`/`CIDATA`).
 pub const SEED_LABEL: &str = "CIDATA";
+/// Guest folder of the extra CA certificates ([`SeedInput::ca_certs`]).
+pub const CA_DIR: &str = "/usr/local/share/ca-certificates";
 /// The guest user that clawfarm logs in as.
 pub const GUEST_USER: &str = "claw";
 
@@ -102,6 +104,12 @@ pub struct SeedInput {
     pub payload_tag: Option<String>,
     /// Extra 9p shares as `(mount tag, absolute guest path)`, mounted read-write.
     pub volumes: Vec<(String, String)>,
+    /// Extra CA certificates (PEM) the guest trusts (system store via `update-ca-certificates`), for TLS through
+    /// an intercepting proxy. Also exported to every phase as `NODE_EXTRA_CA_CERTS`.
+    pub ca_certs: Vec<String>,
+    /// HTTP(S) proxy URL for the guest: apt, `/etc/environment` and every phase
+    /// (`http_proxy`, `https_proxy` and the upper-case forms; `no_proxy` for loopback).
+    pub proxy: Option<String>,
 }
 
 impl std::fmt::Debug for SeedInput {
@@ -118,6 +126,11 @@ impl std::fmt::Debug for SeedInput {
             .field("provision", &self.provision)
             .field("payload_tag", &self.payload_tag)
             .field("volumes", &self.volumes)
+            .field("ca_certs", &self.ca_certs.len())
+            .field(
+                "proxy",
+                &self.proxy.as_ref().map(|_| crate::util::secret::REDACTED),
+            )
             .finish()
     }
 }
@@ -247,7 +260,31 @@ pub fn render_params_env(input: &SeedInput) -> String {
             s.push('\n');
         }
     }
+    for (k, v) in guest_env(input) {
+        s.push_str(&format!("{k}={}\n", shell_quote(&v)));
+    }
     s
+}
+
+/// The guest-wide environment from [`SeedInput::proxy`] and [`SeedInput::ca_certs`]
+/// (empty when neither is set).
+pub fn guest_env(input: &SeedInput) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(p) = input.proxy.as_deref().filter(|p| !p.trim().is_empty()) {
+        for k in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"] {
+            out.push((k.to_string(), p.trim().to_string()));
+        }
+        for k in ["no_proxy", "NO_PROXY"] {
+            out.push((k.to_string(), "localhost,127.0.0.1,::1".to_string()));
+        }
+    }
+    if !input.ca_certs.is_empty() {
+        out.push((
+            "NODE_EXTRA_CA_CERTS".to_string(),
+            "/etc/ssl/certs/ca-certificates.crt".to_string(),
+        ));
+    }
+    out
 }
 
 /// The `meta-data` file: instance id and hostname.
@@ -373,7 +410,18 @@ pub fn render_user_data(input: &SeedInput) -> String {
         BOOTSTRAP_UNIT,
         "0644",
     ));
-    let doc = json!({
+    let env = guest_env(input);
+    if !env.is_empty() {
+        let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        files.push(json!({
+            "path": "/etc/environment",
+            "owner": "root:root",
+            "permissions": "0644",
+            "append": true,
+            "content": text,
+        }));
+    }
+    let mut doc = json!({
         "hostname": input.hostname,
         "preserve_hostname": false,
         "manage_etc_hosts": true,
@@ -402,8 +450,101 @@ pub fn render_user_data(input: &SeedInput) -> String {
             ["systemctl", "start", "--no-block", BOOTSTRAP_UNIT_NAME],
         ],
     });
+    if !input.ca_certs.is_empty() {
+        // Not cloud-init's `ca_certs` module: in the guest image's cloud-init (22.4) it
+        // left the trust store unchanged (measured). The certificates are written as files
+        // and `update-ca-certificates` runs first thing in runcmd, before any phase.
+        let files = doc["write_files"].as_array_mut().expect("write_files");
+        for (i, pem) in input.ca_certs.iter().enumerate() {
+            files.push(json!({
+                "path": format!("{CA_DIR}/clawfarm-{i}.crt"),
+                "owner": "root:root",
+                "permissions": "0644",
+                "content": pem,
+            }));
+        }
+        doc["runcmd"]
+            .as_array_mut()
+            .expect("runcmd")
+            .insert(0, json!(["update-ca-certificates"]));
+    }
+    if let Some(p) = input.proxy.as_deref().filter(|p| !p.trim().is_empty()) {
+        doc["apt"] = json!({ "http_proxy": p.trim(), "https_proxy": p.trim() });
+    }
     let body = serde_json::to_string_pretty(&doc).unwrap_or_default();
     format!("#cloud-config\n{body}\n")
+}
+
+/// Split a PEM bundle into its certificates (`-----BEGIN CERTIFICATE-----` blocks).
+pub fn split_pem(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        let l = line.trim_end();
+        if l == "-----BEGIN CERTIFICATE-----" {
+            cur = Some(String::new());
+        }
+        if let Some(c) = cur.as_mut() {
+            c.push_str(l);
+            c.push('\n');
+        }
+        if l == "-----END CERTIFICATE-----"
+            && let Some(c) = cur.take()
+        {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The export scrub script (POSIX sh), run in a throwaway VM booted from a copy of an
+/// instance's disk (see `rfc/010-export.md`).
+pub const SCRUB_SH: &str = include_str!("../../../assets/guest/clawfarm-scrub.sh");
+/// Where the scrub seed writes [`SCRUB_SH`] (tmpfs: it never reaches the disk).
+pub const SCRUB_PATH: &str = "/run/clawfarm-scrub.sh";
+/// The serial-console line the scrub writes when it finished (before powering off).
+pub const SCRUB_OK: &str = "CLAWFARM-SCRUB ok";
+
+/// The `user-data` of the export scrub VM: no users, no keys, no params. `bootcmd` removes
+/// the instance's runner configuration first thing (so its phases never start in the scrub
+/// VM), `write_files` puts [`SCRUB_SH`] in `/run`, and `runcmd` queues it as a transient
+/// unit ordered after `cloud-final` (cloud-init has written all its state by then).
+pub fn render_scrub_user_data() -> String {
+    let doc = json!({
+        "users": [],
+        "disable_root": true,
+        "ssh_pwauth": false,
+        "ssh_deletekeys": false,
+        "ssh_genkeytypes": [],
+        "bootcmd": [format!(
+            "rm -f {RUNNER_CONFIG_PATH} {PARAMS_ENV_PATH}; printf 'CLAWFARM-SCRUB booted\\n' > /dev/ttyS0 || true"
+        )],
+        "write_files": [b64_file(SCRUB_PATH, SCRUB_SH, "0700")],
+        "runcmd": [[
+            "systemd-run", "--no-block", "--unit", "clawfarm-scrub",
+            "--property", "After=cloud-final.service",
+            "/bin/sh", SCRUB_PATH,
+        ]],
+    });
+    let body = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    format!("#cloud-config\n{body}\n")
+}
+
+/// The seed image of the export scrub VM (instance id `instance_id`, which must differ from
+/// the instance's own so cloud-init treats the boot as a new instance).
+pub fn build_scrub_seed_image(instance_id: &str) -> io::Result<Vec<u8>> {
+    let meta = format!(
+        "instance-id: {}\nlocal-hostname: clawfarm-export\n",
+        json_str(instance_id)
+    );
+    fat_image(
+        instance_id,
+        &[
+            ("meta-data", meta),
+            ("user-data", render_scrub_user_data()),
+            ("network-config", render_network_config()),
+        ],
+    )
 }
 
 /// Derive an instance id from everything else in `input` (its `instance_id` is ignored):
@@ -431,6 +572,92 @@ fn base64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
+/// Standard base64 decoding, padding optional, whitespace skipped (an invalid input
+/// decodes to nothing).
+pub fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let clean: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    LENIENT.decode(clean).unwrap_or_default()
+}
+
+/// Standard base64 with padding (for callers outside the seed, e.g. the export scan).
+pub fn base64_encode(data: &[u8]) -> String {
+    base64(data)
+}
+
+/// Parse a params env file written by [`render_params_env`] back into `(key, value)`.
+pub fn parse_params_env(text: &str) -> Vec<(String, Secret)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (line_start, after) = match rest.find('=') {
+            Some(i) if !rest[..i].contains('\n') => (&rest[..i], &rest[i + 1..]),
+            _ => {
+                // A comment or blank line.
+                rest = rest.split_once('\n').map(|x| x.1).unwrap_or("");
+                continue;
+            }
+        };
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        let mut in_quote = false;
+        while let Some((i, c)) = chars.next() {
+            match (in_quote, c) {
+                (true, '\'') => in_quote = false,
+                (true, c) => value.push(c),
+                (false, '\'') => in_quote = true,
+                (false, '\\') => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(n);
+                    }
+                }
+                (false, '\n') => {
+                    end = i + 1;
+                    break;
+                }
+                (false, c) => value.push(c),
+            }
+        }
+        if is_shell_name(line_start) {
+            out.push((line_start.to_string(), Secret::new(value)));
+        }
+        rest = &after[end.min(after.len())..];
+    }
+    out
+}
+
+/// The params an instance was given, read back from its seed image (the only place on the
+/// host that holds their values): the `params.env` file of its user-data.
+pub fn read_seed_params(seed_image: &[u8]) -> io::Result<Vec<(String, Secret)>> {
+    use std::io::Read;
+    let fs = fatfs::FileSystem::new(Cursor::new(seed_image.to_vec()), fatfs::FsOptions::new())
+        .map_err(|e| io::Error::new(e.kind(), format!("seed: opening the FAT image: {e}")))?;
+    let mut ud = String::new();
+    fs.root_dir()
+        .open_file("user-data")?
+        .read_to_string(&mut ud)?;
+    let body = ud.strip_prefix("#cloud-config\n").unwrap_or(&ud);
+    let doc: Value = serde_json::from_str(body)
+        .map_err(|e| invalid(format!("seed: user-data is not clawfarm's: {e}")))?;
+    let Some(files) = doc.get("write_files").and_then(Value::as_array) else {
+        return Ok(Vec::new());
+    };
+    for f in files {
+        if f.get("path").and_then(Value::as_str) == Some(PARAMS_ENV_PATH) {
+            let content = f.get("content").and_then(Value::as_str).unwrap_or("");
+            let text = String::from_utf8_lossy(&base64_decode(content)).into_owned();
+            return Ok(parse_params_env(&text));
+        }
+    }
+    Ok(Vec::new())
+}
+
 /// Build the seed image in memory: a FAT12/16 filesystem labelled `CIDATA` with
 /// `meta-data`, `user-data` and `network-config` (long file names). Validates `input`
 /// first.
@@ -441,6 +668,11 @@ pub fn build_seed_image(input: &SeedInput) -> io::Result<Vec<u8>> {
         ("user-data", render_user_data(input)),
         ("network-config", render_network_config()),
     ];
+    fat_image(&input.instance_id, &files)
+}
+
+/// A FAT image labelled [`SEED_LABEL`] holding `files` (long file names).
+fn fat_image(instance_id: &str, files: &[(&str, String)]) -> io::Result<Vec<u8>> {
     let content: usize = files.iter().map(|(_, c)| c.len()).sum();
     // Room for the content twice over plus FAT/root-dir overhead; at least 2 MiB.
     let size = (content * 2 + 512 * 1024)
@@ -451,7 +683,7 @@ pub fn build_seed_image(input: &SeedInput) -> io::Result<Vec<u8>> {
     let mut label = [b' '; 11];
     label[..SEED_LABEL.len()].copy_from_slice(SEED_LABEL.as_bytes());
     let volume_id = u32::from_str_radix(
-        &crate::util::digest::sha256_hex(input.instance_id.as_bytes())[..8],
+        &crate::util::digest::sha256_hex(instance_id.as_bytes())[..8],
         16,
     )
     .unwrap_or(0x0c1a_3fa4);
@@ -467,7 +699,7 @@ pub fn build_seed_image(input: &SeedInput) -> io::Result<Vec<u8>> {
             .map_err(|e| io::Error::new(e.kind(), format!("seed: opening the FAT image: {e}")))?;
         {
             let root = fs.root_dir();
-            for (name, text) in &files {
+            for (name, text) in files {
                 let mut f = root.create_file(name).map_err(|e| {
                     io::Error::new(e.kind(), format!("seed: creating {name} in the image: {e}"))
                 })?;
@@ -533,16 +765,14 @@ mod tests {
             ],
             payload_tag: Some("claw".into()),
             volumes: vec![("data".into(), "/srv/data".into())],
+            ..SeedInput::default()
         };
         s.instance_id = instance_id_for(&s);
         s
     }
 
     fn b64_decode(s: &str) -> Vec<u8> {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD
-            .decode(s.trim())
-            .expect("valid base64")
+        base64_decode(s)
     }
 
     #[test]
@@ -689,6 +919,85 @@ mod tests {
         c.params[0].1 = Secret::new("rotated");
         assert_ne!(instance_id_for(&a), instance_id_for(&c));
         assert!(a.instance_id.starts_with("clawfarm-"));
+    }
+
+    #[test]
+    fn params_read_back_from_the_seed() {
+        let s = sample();
+        let img = build_seed_image(&s).unwrap();
+        let back = read_seed_params(&img).unwrap();
+        let want: Vec<(String, String)> = s
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_string()))
+            .collect();
+        let got: Vec<(String, String)> = back
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn scrub_seed_has_no_users_and_runs_the_scrub() {
+        let ud = render_scrub_user_data();
+        let v: serde_json::Value = serde_saphyr::from_str(&ud).unwrap();
+        assert_eq!(v["users"].as_array().unwrap().len(), 0);
+        assert_eq!(v["write_files"][0]["path"], SCRUB_PATH);
+        assert_eq!(
+            b64_decode(v["write_files"][0]["content"].as_str().unwrap()),
+            SCRUB_SH.as_bytes()
+        );
+        assert!(
+            v["runcmd"][0]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == SCRUB_PATH)
+        );
+        assert!(
+            v["bootcmd"][0]
+                .as_str()
+                .unwrap()
+                .contains(RUNNER_CONFIG_PATH)
+        );
+        let img = build_scrub_seed_image("clawfarm-export-x").unwrap();
+        assert!(read_seed_params(&img).unwrap().is_empty());
+    }
+
+    #[test]
+    fn ca_certs_and_proxy_reach_cloud_init_and_the_phases() {
+        let plain = render_user_data(&sample());
+        assert!(!plain.contains("ca_certs") && !plain.contains("proxy"));
+        let mut s = sample();
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        s.ca_certs = split_pem(&format!("junk\n{pem}{pem}"));
+        assert_eq!(s.ca_certs.len(), 2);
+        s.proxy = Some("http://10.0.2.2:3128".into());
+        let v: serde_json::Value = serde_saphyr::from_str(&render_user_data(&s)).unwrap();
+        let files = v["write_files"].as_array().unwrap();
+        let ca: Vec<&serde_json::Value> = files
+            .iter()
+            .filter(|f| f["path"].as_str().unwrap().starts_with(CA_DIR))
+            .collect();
+        assert_eq!(ca.len(), 2);
+        assert_eq!(ca[0]["content"], pem);
+        assert_eq!(v["runcmd"][0][0], "update-ca-certificates");
+        assert_eq!(v["apt"]["https_proxy"], "http://10.0.2.2:3128");
+        let env = render_params_env(&s);
+        assert!(
+            env.contains("https_proxy='http://10.0.2.2:3128'\n"),
+            "{env}"
+        );
+        assert!(env.contains("NODE_EXTRA_CA_CERTS='/etc/ssl/certs/ca-certificates.crt'"));
+        let etc = v["write_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == "/etc/environment")
+            .unwrap();
+        assert_eq!(etc["append"], true);
+        assert_ne!(instance_id_for(&s), instance_id_for(&sample()));
     }
 
     #[test]
