@@ -110,6 +110,9 @@ enum Corruption {
 fn corrupt(text: &str, c: &Corruption) -> Vec<u8> {
     let mut b = text.as_bytes().to_vec();
     let n = b.len();
+    if n == 0 {
+        return b;
+    }
     match *c {
         Corruption::Truncate(at) => b.truncate(at % (n + 1)),
         Corruption::Flip(at, x) => b[at % n] ^= x.max(1),
