@@ -119,7 +119,7 @@ fn input(root_marker: &str) -> SeedInput {
                 ),
             },
         ],
-        payload_tag: None,
+        payload_serial: None,
         volumes: vec![],
     };
     s.instance_id = seed::instance_id_for(&s);

@@ -80,13 +80,21 @@ impl QemuSpec {
             "-serial",
             format!("file:{}", opt_path(&f.serial_log())),
         );
+        // The boot disk is an explicit device with bootindex 0: `-device` disks (payload,
+        // volumes) get PCI slots before `-drive if=virtio` ones, and the firmware would
+        // otherwise try to boot the payload.
         kv(
             &mut a,
             "-drive",
             format!(
-                "if=virtio,node-name={DISK_NODE},format=qcow2,file={},discard=unmap",
+                "if=none,id=disk0,node-name={DISK_NODE},format=qcow2,file={},discard=unmap",
                 opt_path(&f.disk())
             ),
+        );
+        kv(
+            &mut a,
+            "-device",
+            "virtio-blk-pci,drive=disk0,bootindex=0".into(),
         );
         kv(
             &mut a,
@@ -136,14 +144,14 @@ impl QemuSpec {
                 &mut a,
                 "-drive",
                 format!(
-                    "if=none,id={serial},node-name={serial},format=qcow2,file={},discard=unmap",
+                    "if=none,id=drive-{serial},node-name={serial},format=qcow2,file={},discard=unmap",
                     opt_path(p)
                 ),
             );
             kv(
                 &mut a,
                 "-device",
-                format!("virtio-blk-pci,drive={serial},serial={serial}"),
+                format!("virtio-blk-pci,drive=drive-{serial},serial={serial}"),
             );
         }
         if let Some(tag) = &self.loadvm {
@@ -252,8 +260,9 @@ mod tests {
                     ("-serial", "file:/h/claws/demo-abc123/serial.log"),
                     (
                         "-drive",
-                        "if=virtio,node-name=claw-disk,format=qcow2,file=/h/claws/demo-abc123/disk.qcow2,discard=unmap",
+                        "if=none,id=disk0,node-name=claw-disk,format=qcow2,file=/h/claws/demo-abc123/disk.qcow2,discard=unmap",
                     ),
+                    ("-device", "virtio-blk-pci,drive=disk0,bootindex=0"),
                     (
                         "-drive",
                         "if=virtio,format=raw,file=/h/claws/demo-abc123/seed.img,readonly=on",
@@ -324,14 +333,14 @@ mod tests {
                     ("-device", "virtio-blk-pci,drive=payload,serial=claw-payload"),
                     (
                         "-drive",
-                        "if=none,id=claw-vol0,node-name=claw-vol0,format=qcow2,\
+                        "if=none,id=drive-claw-vol0,node-name=claw-vol0,format=qcow2,\
                          file=/h/volumes/demo-abc123/data.qcow2,discard=unmap",
                     ),
-                    ("-device", "virtio-blk-pci,drive=claw-vol0,serial=claw-vol0"),
+                    ("-device", "virtio-blk-pci,drive=drive-claw-vol0,serial=claw-vol0"),
                     // Commas in paths are doubled (QEMU option syntax).
                     (
                         "-drive",
-                        "if=none,id=claw-vol1,node-name=claw-vol1,format=qcow2,\
+                        "if=none,id=drive-claw-vol1,node-name=claw-vol1,format=qcow2,\
                          file=/h/volumes/demo-abc123/odd,,name.qcow2,discard=unmap",
                     ),
                 ],
