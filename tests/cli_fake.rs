@@ -645,14 +645,32 @@ fn checkpoint_restore_suspend_verbs() {
     assert!(table.contains("TAG") && table.contains("good"), "{table}");
 
     for (args, want) in [
-        (vec!["checkpoint", "alpha", "--tag", "good"], "already has a checkpoint good"),
-        (vec!["checkpoint", "alpha", "--tag", "a/b"], "must be 1-64 characters"),
-        (vec!["checkpoint", "alpha", "--tag", ""], "must be 1-64 characters"),
-        (vec!["checkpoint", "alpha", "--tag", "clawfarm-x"], "reserved"),
+        (
+            vec!["checkpoint", "alpha", "--tag", "good"],
+            "already has a checkpoint good",
+        ),
+        (
+            vec!["checkpoint", "alpha", "--tag", "a/b"],
+            "must be 1-64 characters",
+        ),
+        (
+            vec!["checkpoint", "alpha", "--tag", ""],
+            "must be 1-64 characters",
+        ),
+        (
+            vec!["checkpoint", "alpha", "--tag", "clawfarm-x"],
+            "reserved",
+        ),
         (vec!["checkpoint", "alpha", "--tag", "123"], "all digits"),
-        (vec!["restore", "alpha", "nope"], "has no checkpoint \"nope\""),
+        (
+            vec!["restore", "alpha", "nope"],
+            "has no checkpoint \"nope\"",
+        ),
         (vec!["restore", "nobody", "good"], "nobody"),
-        (vec!["volume", "export", "alpha", "data", "/tmp/x"], "no volume \"data\""),
+        (
+            vec!["volume", "export", "alpha", "data", "/tmp/x"],
+            "no volume \"data\"",
+        ),
     ] {
         let o = e.run(&args);
         assert_eq!(code(&o), 1, "{args:?}: {}", text(&o));
@@ -664,7 +682,11 @@ fn checkpoint_restore_suspend_verbs() {
 
     let r = e.run(&["restore", "alpha", "good"]);
     assert_eq!(code(&r), 0, "{}", text(&r));
-    assert!(text(&r).contains("restored to good and ready"), "{}", text(&r));
+    assert!(
+        text(&r).contains("restored to good and ready"),
+        "{}",
+        text(&r)
+    );
 
     let s = e.run(&["suspend", "alpha"]);
     assert_eq!(code(&s), 0, "{}", text(&s));
@@ -691,7 +713,13 @@ fn checkpoint_restore_suspend_verbs() {
     assert_eq!(code(&st), 0, "{}", text(&st));
     let ps: serde_json::Value =
         serde_json::from_slice(&e.run(&["ps", "-o", "json"]).stdout).unwrap();
-    assert!(ps.as_array().unwrap().iter().all(|r| r["status"] == "ready"), "{ps}");
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "ready"),
+        "{ps}"
+    );
     let log = std::fs::read_to_string(
         std::fs::read_dir(e.home.join("claws"))
             .unwrap()
@@ -719,5 +747,11 @@ fn apply_resumes_a_suspended_instance() {
     assert_eq!(code(&a), 0, "{}", text(&a));
     let ps: serde_json::Value =
         serde_json::from_slice(&e.run(&["ps", "-o", "json"]).stdout).unwrap();
-    assert!(ps.as_array().unwrap().iter().all(|r| r["status"] == "ready"), "{ps}");
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "ready"),
+        "{ps}"
+    );
 }

@@ -221,7 +221,11 @@ async fn seed_keys_once_rewrite_on_change_volumes_outside() {
     let before = std::fs::read(&disk).unwrap();
     drv.remove(&inst.clawid, false).await.unwrap();
     assert!(!f.dir.exists());
-    assert_eq!(std::fs::read(&disk).unwrap(), before, "rm keeps the volume disk");
+    assert_eq!(
+        std::fs::read(&disk).unwrap(),
+        before,
+        "rm keeps the volume disk"
+    );
     drv.remove(&inst.clawid, true).await.unwrap();
     assert!(!volumes_dir(&home, &inst.clawid).exists());
     // Removing what is gone is fine.
@@ -342,7 +346,10 @@ fn payload_and_volume_disks_round_trip() {
     std::fs::write(old.join("kept"), "from 9p days\n").unwrap();
     let disk = d.path().join("vols/data.qcow2");
     disks::ensure_volume(Path::new("qemu-img"), &disk, "data", Some(&old)).unwrap();
-    assert!(std::fs::metadata(&disk).unwrap().len() < 64 << 20, "not sparse");
+    assert!(
+        std::fs::metadata(&disk).unwrap().len() < 64 << 20,
+        "not sparse"
+    );
     let out = d.path().join("export");
     disks::export_volume(Path::new("qemu-img"), &disk, &out).unwrap();
     assert_eq!(
@@ -359,8 +366,12 @@ fn payload_and_volume_disks_round_trip() {
     assert!(format!("{e:#}").contains("not an empty folder"), "{e:#}");
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
     // A missing disk names itself.
-    let e = disks::export_volume(Path::new("qemu-img"), &d.path().join("nope.qcow2"), &d.path().join("o2"))
-        .unwrap_err();
+    let e = disks::export_volume(
+        Path::new("qemu-img"),
+        &d.path().join("nope.qcow2"),
+        &d.path().join("o2"),
+    )
+    .unwrap_err();
     assert!(format!("{e:#}").contains("nope.qcow2"), "{e:#}");
     assert!(!d.path().join("o2").exists());
 }

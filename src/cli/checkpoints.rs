@@ -99,7 +99,12 @@ pub fn checkpoints(ctx: &Ctx, args: &CheckpointsArgs) -> anyhow::Result<u8> {
         outln!("{}", serde_json::to_string_pretty(&list)?)?;
         return Ok(0);
     }
-    outln!("{:<24} {:<20} {:>10}  VOLUMES", "TAG", "TAKEN (UTC)", "VM STATE")?;
+    outln!(
+        "{:<24} {:<20} {:>10}  VOLUMES",
+        "TAG",
+        "TAKEN (UTC)",
+        "VM STATE"
+    )?;
     for c in &list {
         outln!(
             "{:<24} {:<20} {:>10}  {}",

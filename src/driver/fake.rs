@@ -531,7 +531,8 @@ impl Driver for FakeDriver {
     }
 
     fn suspended(&self, clawid: &str) -> bool {
-        self.vm(clawid).is_some_and(|vm| vm.suspended && !vm.running)
+        self.vm(clawid)
+            .is_some_and(|vm| vm.suspended && !vm.running)
     }
 
     async fn export_volume(

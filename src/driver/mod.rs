@@ -132,7 +132,9 @@ pub fn check_tag(tag: &str) -> Result<(), DriverError> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if tag.is_empty() || tag.len() > 64 || !ok_chars || tag.starts_with('-') {
-        anyhow::bail!("checkpoint tag {tag:?} must be 1-64 characters [A-Za-z0-9._-], not starting with '-'");
+        anyhow::bail!(
+            "checkpoint tag {tag:?} must be 1-64 characters [A-Za-z0-9._-], not starting with '-'"
+        );
     }
     if tag.starts_with(RESERVED_TAG_PREFIX) {
         anyhow::bail!("checkpoint tag {tag:?}: the prefix {RESERVED_TAG_PREFIX} is reserved");
@@ -146,7 +148,9 @@ pub fn check_tag(tag: &str) -> Result<(), DriverError> {
 /// A default checkpoint tag from the time: `YYYYmmdd-HHMMSS` (UTC).
 pub fn default_tag() -> String {
     let t = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    t.trim_end_matches('Z').replace(['-', ':'], "").replace('T', "-")
+    t.trim_end_matches('Z')
+        .replace(['-', ':'], "")
+        .replace('T', "-")
 }
 
 /// A log file of an instance.

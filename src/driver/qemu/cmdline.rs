@@ -321,8 +321,14 @@ mod tests {
                 edit: |s| {
                     s.payload = Some("/h/claws/demo-abc123/payload.img".into());
                     s.volumes = vec![
-                        ("claw-vol0".into(), "/h/volumes/demo-abc123/data.qcow2".into()),
-                        ("claw-vol1".into(), "/h/volumes/demo-abc123/odd,name.qcow2".into()),
+                        (
+                            "claw-vol0".into(),
+                            "/h/volumes/demo-abc123/data.qcow2".into(),
+                        ),
+                        (
+                            "claw-vol1".into(),
+                            "/h/volumes/demo-abc123/odd,name.qcow2".into(),
+                        ),
                     ];
                 },
                 want: &[
@@ -330,13 +336,19 @@ mod tests {
                         "-drive",
                         "if=none,id=payload,format=raw,file=/h/claws/demo-abc123/payload.img,readonly=on",
                     ),
-                    ("-device", "virtio-blk-pci,drive=payload,serial=claw-payload"),
+                    (
+                        "-device",
+                        "virtio-blk-pci,drive=payload,serial=claw-payload",
+                    ),
                     (
                         "-drive",
                         "if=none,id=drive-claw-vol0,node-name=claw-vol0,format=qcow2,\
                          file=/h/volumes/demo-abc123/data.qcow2,discard=unmap",
                     ),
-                    ("-device", "virtio-blk-pci,drive=drive-claw-vol0,serial=claw-vol0"),
+                    (
+                        "-device",
+                        "virtio-blk-pci,drive=drive-claw-vol0,serial=claw-vol0",
+                    ),
                     // Commas in paths are doubled (QEMU option syntax).
                     (
                         "-drive",

@@ -63,7 +63,12 @@ fn tree_size(dir: &Path) -> std::io::Result<(u64, u64)> {
 /// Build (or keep) `out`, the payload disk made from folder `src`; `id` names the content
 /// (the bundle digest) and is stored next to it in `id_file`. Atomic: built under a temp
 /// name and renamed.
-pub fn ensure_payload_image(src: &Path, out: &Path, id_file: &Path, id: &str) -> anyhow::Result<()> {
+pub fn ensure_payload_image(
+    src: &Path,
+    out: &Path,
+    id_file: &Path,
+    id: &str,
+) -> anyhow::Result<()> {
     let current = std::fs::read_to_string(id_file).unwrap_or_default();
     if out.is_file() && current.trim() == id {
         return Ok(());
@@ -75,13 +80,23 @@ pub fn ensure_payload_image(src: &Path, out: &Path, id_file: &Path, id: &str) ->
     let size = size.div_ceil(1 << 20) << 20;
     let tmp = out.with_extension("img.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     f.set_len(size)
         .with_context(|| format!("cannot size {}", tmp.display()))?;
     drop(f);
     let r = run(
         Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "claw-payload", "-m", "0", "-O", "^has_journal"])
+            .args([
+                "-q",
+                "-F",
+                "-L",
+                "claw-payload",
+                "-m",
+                "0",
+                "-O",
+                "^has_journal",
+            ])
             .args(["-N", &(entries + 64).to_string()])
             .args(["-E", "root_owner=0:0"])
             .arg("-d")
@@ -127,8 +142,10 @@ pub fn ensure_volume(
         let mut mkfs = Command::new("mkfs.ext4");
         // Tables are initialised here (zeros stay holes), so the guest kernel has no lazy
         // init to write into the qcow2 while it boots.
-        mkfs.args(["-q", "-F", "-L", &label, "-m", "0"])
-            .args(["-E", "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0,nodiscard"]);
+        mkfs.args(["-q", "-F", "-L", &label, "-m", "0"]).args([
+            "-E",
+            "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0,nodiscard",
+        ]);
         if let Some(d) = seed_dir.filter(|d| d.is_dir()) {
             mkfs.arg("-d").arg(d);
         }
@@ -199,8 +216,9 @@ pub fn export_volume(qemu_img: &Path, disk: &Path, dest: &Path) -> anyhow::Resul
         if e.file_name() == "lost+found" {
             continue;
         }
-        std::fs::rename(e.path(), dest.join(e.file_name()))
-            .with_context(|| format!("cannot move {} into {}", e.path().display(), dest.display()))?;
+        std::fs::rename(e.path(), dest.join(e.file_name())).with_context(|| {
+            format!("cannot move {} into {}", e.path().display(), dest.display())
+        })?;
     }
     Ok(())
 }

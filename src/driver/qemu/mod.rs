@@ -40,9 +40,7 @@ use self::qmp::Qmp;
 use self::seed::SeedInput;
 use crate::desired::{BundleDesired, DesiredInstance, gateway_port};
 use crate::driver::boot::GuestStatus;
-use crate::driver::{
-    Checkpoint, Driver, DriverError, GuestHealth, Liveness, LogKind, StopOutcome,
-};
+use crate::driver::{Checkpoint, Driver, DriverError, GuestHealth, Liveness, LogKind, StopOutcome};
 use crate::home::Home;
 use crate::input::clawspec::Image;
 use crate::state::record::{ProcessId, Record, Runtime};
@@ -317,7 +315,12 @@ impl QemuDriver {
                 .volumes
                 .iter()
                 .enumerate()
-                .map(|(i, v)| (volume_serial(i), volume_disk(&self.home, &rec.clawid, &v.name)))
+                .map(|(i, v)| {
+                    (
+                        volume_serial(i),
+                        volume_disk(&self.home, &rec.clawid, &v.name),
+                    )
+                })
                 .collect(),
             loadvm: loadvm.map(str::to_string),
         }
@@ -738,20 +741,22 @@ impl Driver for QemuDriver {
     async fn start(&self, rec: &Record) -> Result<Runtime, DriverError> {
         let files = self.files(&rec.clawid);
         if let Some(rt) = self.runtime_of(rec) {
-            if files.suspend().exists() {
-                // A suspend was interrupted before QEMU ended: the VM goes on (paused
-                // since the save); its saved state is stale.
-                if let Ok(mut q) = self.qmp(&rec.clawid).await
-                    && q.query_status().await.is_ok_and(|s| s == "paused")
-                {
-                    let _ = q.execute("cont", None).await;
-                }
-                let _ = std::fs::remove_file(files.suspend());
+            // clawfarm pauses a VM only while it suspends it: a paused VM found here is a
+            // suspend (or a checkpoint) interrupted by a crash of clawfarm. It goes on; a
+            // saved suspend state is stale.
+            if let Ok(mut q) = self.qmp(&rec.clawid).await
+                && q.query_status().await.is_ok_and(|s| s == "paused")
+            {
+                let _ = q.execute("cont", None).await;
                 append_log(
                     &files.qemu_log(),
-                    &format!("[{}] clawfarm: interrupted suspend undone; VM continued", now_rfc3339()),
+                    &format!(
+                        "[{}] clawfarm: found the VM paused (interrupted suspend); continued",
+                        now_rfc3339()
+                    ),
                 );
             }
+            let _ = std::fs::remove_file(files.suspend());
             // Adopt: never a second QEMU for one instance.
             if read_runtime(&files).as_ref() != Some(&rt) {
                 write_runtime(&files, &rt)?;
@@ -790,7 +795,10 @@ impl Driver for QemuDriver {
             };
             let msg = format!("the suspended state is unusable ({why}); cold boot instead");
             tracing::warn!("instance {}: {msg}", rec.clawid);
-            append_log(&files.qemu_log(), &format!("[{}] clawfarm: {msg}", now_rfc3339()));
+            append_log(
+                &files.qemu_log(),
+                &format!("[{}] clawfarm: {msg}", now_rfc3339()),
+            );
             let _ = std::fs::remove_file(files.suspend());
             clean_stale(&files);
         }
@@ -1022,7 +1030,11 @@ impl Driver for QemuDriver {
             bail!(
                 "instance {} has no volume {volume:?} (it has: {})",
                 rec.clawid,
-                if names.is_empty() { "none".into() } else { names.join(", ") }
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
             );
         }
         if let Some(p) = self.running(&rec.clawid, Some(rec)) {

@@ -214,7 +214,10 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 impl QemuDriver {
     /// `(block node, qcow2 file, volume name)` of every writable disk of `rec`: the
     /// overlay first, then the volumes.
-    pub(super) fn snapshot_disks(&self, rec: &Record) -> Vec<(String, std::path::PathBuf, Option<String>)> {
+    pub(super) fn snapshot_disks(
+        &self,
+        rec: &Record,
+    ) -> Vec<(String, std::path::PathBuf, Option<String>)> {
         let mut v = vec![(DISK_NODE.to_string(), self.files(&rec.clawid).disk(), None)];
         for (i, vol) in rec.build.volumes.iter().enumerate() {
             v.push((
@@ -286,11 +289,18 @@ impl QemuDriver {
         .await
     }
 
-    pub(super) async fn checkpoint_of(&self, rec: &Record, tag: &str) -> anyhow::Result<Checkpoint> {
+    pub(super) async fn checkpoint_of(
+        &self,
+        rec: &Record,
+        tag: &str,
+    ) -> anyhow::Result<Checkpoint> {
         crate::driver::check_tag(tag)?;
         let files = self.files(&rec.clawid);
         let Some(rt) = self.runtime_of(rec) else {
-            bail!("instance {} is not running; checkpoints are taken of a running VM", rec.clawid);
+            bail!(
+                "instance {} is not running; checkpoints are taken of a running VM",
+                rec.clawid
+            );
         };
         if list_snapshots(&self.cfg.qemu_img, &files.disk())?
             .iter()
@@ -327,7 +337,12 @@ impl QemuDriver {
         self.checkpoints_of(rec)?
             .into_iter()
             .find(|c| c.tag == tag)
-            .ok_or_else(|| anyhow::anyhow!("checkpoint {tag} of {} is not on its disk after the save", rec.clawid))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "checkpoint {tag} of {} is not on its disk after the save",
+                    rec.clawid
+                )
+            })
     }
 
     pub(super) fn checkpoints_of(&self, rec: &Record) -> anyhow::Result<Vec<Checkpoint>> {
@@ -365,11 +380,19 @@ impl QemuDriver {
             bail!(
                 "instance {} has no checkpoint {tag:?} (it has: {})",
                 rec.clawid,
-                if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
             );
         };
         let meta = read_meta(&files, tag).ok_or_else(|| {
-            anyhow::anyhow!("checkpoint {tag} of {} has no metadata {}", rec.clawid, meta_path(&files, tag).display())
+            anyhow::anyhow!(
+                "checkpoint {tag} of {} has no metadata {}",
+                rec.clawid,
+                meta_path(&files, tag).display()
+            )
         })?;
         if c.bundle.as_deref() != Some(rec.build.bundle.as_str()) {
             bail!(
@@ -393,7 +416,8 @@ impl QemuDriver {
         let rt = match self.runtime_of(rec) {
             Some(mut rt) => {
                 let mut q = self.qmp(&rec.clawid).await?;
-                let nodes: Vec<String> = self.snapshot_disks(rec).into_iter().map(|d| d.0).collect();
+                let nodes: Vec<String> =
+                    self.snapshot_disks(rec).into_iter().map(|d| d.0).collect();
                 run_job(
                     &mut q,
                     "snapshot-load",
@@ -441,7 +465,10 @@ impl QemuDriver {
         let r = self.save(&mut q, rec, SUSPEND_TAG).await;
         if let Err(e) = r {
             let _ = q.execute("cont", None).await;
-            return Err(e.context(format!("suspend of {} failed; it keeps running", rec.clawid)));
+            return Err(e.context(format!(
+                "suspend of {} failed; it keeps running",
+                rec.clawid
+            )));
         }
         let st = SuspendState {
             tag: SUSPEND_TAG.to_string(),
@@ -462,7 +489,11 @@ impl QemuDriver {
         let took = t0.elapsed();
         append_log(
             &files.qemu_log(),
-            &format!("[{}] clawfarm: suspended ({:.1}s)", now_rfc3339(), took.as_secs_f64()),
+            &format!(
+                "[{}] clawfarm: suspended ({:.1}s)",
+                now_rfc3339(),
+                took.as_secs_f64()
+            ),
         );
         Ok(took)
     }
@@ -477,7 +508,11 @@ impl QemuDriver {
         }
         match self.who_has(rec, &st.tag) {
             Ok((_, lacks)) if lacks.is_empty() => Ok(()),
-            Ok((_, lacks)) => Err(format!("disk(s) {} have no snapshot {}", lacks.join(", "), st.tag)),
+            Ok((_, lacks)) => Err(format!(
+                "disk(s) {} have no snapshot {}",
+                lacks.join(", "),
+                st.tag
+            )),
             Err(e) => Err(format!("{e:#}")),
         }
     }
@@ -502,33 +537,38 @@ impl QemuDriver {
     }
 
     /// Set the guest clock to the host's after a resume or restore (the guest slept through
-    /// the gap): `sudo date` over SSH, in the background, best effort.
+    /// the gap), in the background, best effort: over SSH a root shell in the guest says
+    /// `ready`, then the host sends its time at that moment (so SSH and sudo start-up, slow
+    /// under TCG, do not count) and the guest sets it with `date`. A detached `bash` does it,
+    /// so it finishes even when clawfarm exits first; the outcome goes to `qemu.log`.
     pub(super) fn fix_clock(&self, rec: &Record) {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let Ok(mut cmd) = self.ssh_command_of(
+        let Ok(ssh) = self.ssh_command_of(
             rec,
-            &[format!("sudo -n date -u -s @{now} >/dev/null")],
+            &["sudo -n sh -c 'echo ready; read t; date -u -s \"@$t\" >/dev/null'".to_string()],
         ) else {
             return;
         };
-        let log = self.files(&rec.clawid).qemu_log();
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let _ = std::thread::Builder::new()
-            .name("clock-fix".into())
-            .spawn(move || {
-                let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
-                append_log(
-                    &log,
-                    &format!(
-                        "[{}] clawfarm: guest clock {}",
-                        now_rfc3339(),
-                        if ok { "set from the host" } else { "not set (ssh failed)" }
-                    ),
-                );
-            });
+        const SCRIPT: &str = r#"log=$1; shift
+coproc S { "$@" 2>/dev/null; }
+IFS= read -r l <&"${S[0]}"
+if [ "$l" = ready ]; then date -u +%s.%N >&"${S[1]}"; fi
+if wait "$S_PID" && [ "$l" = ready ]; then m="set from the host"; else m="not set (ssh failed)"; fi
+printf '[%s] clawfarm: guest clock %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$m" >> "$log"
+"#;
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(SCRIPT)
+            .arg("clock-fix")
+            .arg(self.files(&rec.clawid).qemu_log())
+            .arg(ssh.get_program())
+            .args(ssh.get_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        match cmd.spawn() {
+            Ok(child) => drop(super::reap(child)),
+            Err(e) => tracing::warn!("instance {}: cannot fix the guest clock: {e}", rec.clawid),
+        }
     }
 
     /// Delete the snapshots of volume disks kept after `rm` (they belong to checkpoints of
@@ -585,9 +625,16 @@ mod tests {
     fn status_lines_are_put_back_once() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("status.log");
-        std::fs::write(&p, "{\"boot\": \"n1\", \"phase\": \"done\"}\n{\"boot\": \"n2\"}\n").unwrap();
+        std::fs::write(
+            &p,
+            "{\"boot\": \"n1\", \"phase\": \"done\"}\n{\"boot\": \"n2\"}\n",
+        )
+        .unwrap();
         let l = status_lines(&p, "n1");
-        assert_eq!(l, vec!["{\"boot\": \"n1\", \"phase\": \"done\"}".to_string()]);
+        assert_eq!(
+            l,
+            vec!["{\"boot\": \"n1\", \"phase\": \"done\"}".to_string()]
+        );
         std::fs::write(&p, "").unwrap();
         put_status_lines(&p, &l).unwrap();
         put_status_lines(&p, &l).unwrap();
