@@ -711,15 +711,7 @@ fn checkpoint_restore_suspend_verbs() {
     // start resumes; the reconcile would too.
     let st = e.run(&["start", "alpha"]);
     assert_eq!(code(&st), 0, "{}", text(&st));
-    let ps: serde_json::Value =
-        serde_json::from_slice(&e.run(&["ps", "-o", "json"]).stdout).unwrap();
-    assert!(
-        ps.as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["status"] == "ready"),
-        "{ps}"
-    );
+    assert_all_ready(&e);
     let log = std::fs::read_to_string(
         std::fs::read_dir(e.home.join("claws"))
             .unwrap()
@@ -745,13 +737,16 @@ fn apply_resumes_a_suspended_instance() {
     assert_eq!(code(&e.run(&["suspend", "beta"])), 0);
     let a = e.run(&["apply", "-f", e.dir()]);
     assert_eq!(code(&a), 0, "{}", text(&a));
+    assert_all_ready(&e);
+}
+
+/// Every instance in `ps` is ready.
+fn assert_all_ready(e: &Env) {
     let ps: serde_json::Value =
         serde_json::from_slice(&e.run(&["ps", "-o", "json"]).stdout).unwrap();
+    let rows = ps.as_array().unwrap();
     assert!(
-        ps.as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["status"] == "ready"),
+        !rows.is_empty() && rows.iter().all(|r| r["status"] == "ready"),
         "{ps}"
     );
 }
