@@ -3,7 +3,7 @@
 //! ```text
 //! guest_tool seed --out DIR [--hostname H] [--install FILE] [--start FILE]
 //!                 [--provision NAME=FILE]... [--param KEY=VALUE]...
-//!                 [--payload-tag TAG] [--volume TAG:/guest/path]...
+//!                 [--payload-serial SERIAL] [--volume SERIAL:/guest/path]...
 //!     Generates the login key (DIR/id_ed25519{,.pub}) and the guest host key
 //!     (DIR/host_ed25519.pub), writes DIR/seed.img with clawfarm::driver::qemu::seed::write_seed and
 //!     DIR/instance-id. Prints the seed path.
@@ -46,9 +46,10 @@ enum Cmd {
         /// KEY=VALUE
         #[arg(long)]
         param: Vec<String>,
+        /// virtio-blk serial of the payload disk (e.g. claw-payload).
         #[arg(long)]
-        payload_tag: Option<String>,
-        /// TAG:/guest/path
+        payload_serial: Option<String>,
+        /// SERIAL:/guest/path of a volume disk
         #[arg(long)]
         volume: Vec<String>,
     },
@@ -88,7 +89,7 @@ fn run() -> anyhow::Result<()> {
             start,
             provision,
             param,
-            payload_tag,
+            payload_serial,
             volume,
         } => {
             std::fs::create_dir_all(&out)?;
@@ -135,7 +136,7 @@ fn run() -> anyhow::Result<()> {
             for tv in volume {
                 let (t, p) = tv
                     .split_once(':')
-                    .ok_or_else(|| anyhow::anyhow!("--volume wants TAG:/path, got {tv}"))?;
+                    .ok_or_else(|| anyhow::anyhow!("--volume wants SERIAL:/path, got {tv}"))?;
                 volumes.push((t.to_string(), p.to_string()));
             }
             let mut input = SeedInput {
@@ -148,7 +149,7 @@ fn run() -> anyhow::Result<()> {
                 install_script: read(&install)?,
                 start_script: read(&start)?,
                 provision: steps,
-                payload_tag,
+                payload_serial,
                 volumes,
                 ..SeedInput::default()
             };

@@ -8,11 +8,11 @@
 # What it does:
 #   1. writes test scripts, a payload folder and a volume folder, and a seed with clawfarm's
 #      own Rust code (examples/guest_tool.rs → clawfarm::seed::write_seed);
-#   2. boot 1: a qcow2 overlay on IMAGE, the status port + fw_cfg nonce, two 9p shares;
+#   2. boot 1: a qcow2 overlay on IMAGE, the status port + fw_cfg nonce, payload and volume ext4 disks (no 9p);
 #      waits for the status line of the last phase (read with clawfarm::guest::read_status):
 #      provision step "flaky" must fail with exit code 42 (its flag file is missing);
 #      then checks over SSH (pinned host key, StrictHostKeyChecking=yes) as user claw;
-#   3. powers off, creates the flag file on the shared volume, boot 2 with a new nonce:
+#   3. powers off, writes the flag file into the volume disk (debugfs), boot 2 with a new nonce:
 #      waits for "done"; checks install/provision did not rerun, start did, the failed
 #      step was retried, and the daemon started by start_script is serving.
 # Prints timings; exits non-zero on the first failed check.
@@ -108,9 +108,17 @@ GREETING="hello 'world' \$HOME \"q\""
   --provision "first=$WORK/scripts/p0.sh" --provision "=$WORK/scripts/p1.py" \
   --provision "flaky=$WORK/scripts/flaky.sh" \
   --param "GREETING=$GREETING" --param "TOKEN=s3cret-token" \
-  --payload-tag claw --volume "vol:/srv/vol" > /dev/null
+  --payload-serial claw-payload --volume "claw-vol0:/srv/vol" > /dev/null
 SEED="$WORK/seed/seed.img"
 ok "seed written by clawfarm::seed::write_seed ($(stat -c %s "$SEED") bytes, mode $(stat -c %a "$SEED"))"
+
+# Payload and volume as ext4 disks (what the driver does; no 9p): the payload read-only, the
+# volume raw here so the host reads and writes it with debugfs while the VM is off.
+rm -f "$WORK/payload.img" "$WORK/vol.img"
+truncate -s 16M "$WORK/payload.img"
+mkfs.ext4 -q -F -m 0 -O ^has_journal -E root_owner=0:0 -d "$WORK/payload" "$WORK/payload.img"
+truncate -s 256M "$WORK/vol.img"
+mkfs.ext4 -q -F -m 0 -E root_owner=0:0 "$WORK/vol.img"
 
 rm -f "$WORK/overlay.qcow2"
 qemu-img create -q -f qcow2 -F qcow2 -b "$IMAGE" "$WORK/overlay.qcow2"
@@ -127,15 +135,18 @@ start_vm() { # $1 = nonce
   : > "$WORK/serial.log"
   "$QEMU" -accel tcg -m 1024 -smp 2 -nodefaults -display none \
     -serial "file:$WORK/serial.log" \
-    -drive "if=virtio,format=qcow2,file=$WORK/overlay.qcow2" \
+    -drive "if=none,id=disk0,format=qcow2,file=$WORK/overlay.qcow2" \
+    -device virtio-blk-pci,drive=disk0,bootindex=0 \
     -drive "if=virtio,format=raw,file=$SEED,readonly=on" \
     -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$PORT-:22" -device virtio-net-pci,netdev=n0,romfile= \
     -device virtio-serial-pci \
     -chardev "file,id=clawstatus,path=$WORK/status.log" \
     -device virtserialport,chardev=clawstatus,name=org.clawfarm.status \
     -fw_cfg "name=opt/org.clawfarm/boot,string=$1" \
-    -virtfs "local,path=$WORK/payload,mount_tag=claw,security_model=none,readonly=on" \
-    -virtfs "local,path=$WORK/vol,mount_tag=vol,security_model=none" \
+    -drive "if=none,id=payload,format=raw,file=$WORK/payload.img,readonly=on" \
+    -device virtio-blk-pci,drive=payload,serial=claw-payload \
+    -drive "if=none,id=vol0,format=raw,file=$WORK/vol.img" \
+    -device virtio-blk-pci,drive=vol0,serial=claw-vol0 \
     > "$WORK/qemu.out" 2>&1 &
   QEMU_PID=$!
   echo "$QEMU_PID" > "$WORK/qemu.pid"
@@ -212,19 +223,19 @@ expect_eq "phase order (boot 1)" \
   "install start provision0 provision1 step=1 token_len=12 provision2-try" \
   "$(gssh cat /var/lib/claw-order | tr '\n' ' ' | sed 's/ $//')"
 expect_eq "payload at /opt/claw" "payload file from the host" "$(gssh cat /opt/claw/hello.txt)"
-gssh sudo touch /opt/claw/x 2>/dev/null && die "payload share is writable"
-ok "payload share is read-only"
-gssh sudo sh -c "'echo from-guest > /srv/vol/guest.txt'"
-expect_eq "volume share is read-write" "from-guest" "$(cat "$WORK/vol/guest.txt")"
-expect_eq "seed label" "CIDATA" "$(gssh sudo blkid -o value -s LABEL /dev/vdb)"
+gssh sudo touch /opt/claw/x 2>/dev/null && die "payload disk is writable"
+ok "payload disk is read-only"
+gssh sudo sh -c "'echo from-guest > /srv/vol/guest.txt; sync'"
+expect_eq "volume disk is read-write" "from-guest" "$(debugfs -R 'cat /guest.txt' "$WORK/vol.img" 2>/dev/null)"
+SEEDDEV="$(gssh sudo blkid -L CIDATA)"
 expect_eq "seed file names" "meta-data network-config user-data" \
-  "$(gssh "sudo mkdir -p /mnt/seed && sudo mount -o ro /dev/vdb /mnt/seed && ls /mnt/seed | tr '\n' ' ' | sed 's/ \$//'; sudo umount /mnt/seed")"
+  "$(gssh "sudo mkdir -p /mnt/seed && sudo mount -o ro $SEEDDEV /mnt/seed && ls /mnt/seed | tr '\n' ' ' | sed 's/ \$//'; sudo umount /mnt/seed")"
 expect_eq "cloud-init status" "status: done" "$(gssh cloud-init status)"
 SCHEMA="$(gssh sudo cloud-init schema --system 2>&1 || true)"
 [[ "$SCHEMA" == *"Valid cloud-config"* ]] || die "cloud-init schema --system: $SCHEMA"
 ok "user-data passes cloud-init's schema"
 expect_eq "hostname" "claw-bare" "$(gssh hostname)"
-expect_eq "NoCloud datasource" "DataSourceNoCloud [seed=/dev/vdb][dsmode=net]" "$(gssh sudo cat /run/cloud-init/status.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["v1"]["datasource"])')"
+expect_eq "NoCloud datasource" "DataSourceNoCloud [seed=$SEEDDEV][dsmode=net]" "$(gssh sudo cat /run/cloud-init/status.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["v1"]["datasource"])')"
 gssh ip -4 -o addr show eth0 | grep -q 10.0.2.15 || die "eth0 has no DHCP address"
 ok "eth0 got its address by DHCP"
 expect_eq "bootstrap unit enabled for later boots" "enabled" "$(gssh systemctl is-enabled clawfarm-bootstrap.service)"
@@ -241,7 +252,7 @@ cp "$WORK/status.log" "$WORK/status.boot1.log"
 cp "$WORK/serial.log" "$WORK/serial.boot1.log"
 
 # ---- boot 2: same disk, new nonce, the flag exists now ------------------------------------
-touch "$WORK/vol/ok"
+debugfs -w -R "write /dev/null ok" "$WORK/vol.img" >/dev/null 2>&1
 NONCE2="$("$TOOL" nonce)"
 log "boot 2 (nonce $NONCE2)"
 T0=$(date +%s.%N)

@@ -18,15 +18,26 @@
 #   CLAWFARM_CACHE          cache root (default $HOME/.cache/clawfarm)
 #   CLAWFARM_DEBIAN_MIRROR  Debian mirror (default: the host's apt source, else deb.debian.org)
 #   CLAWFARM_SKIP_APT=1     do not apt-get install the host tools (they must be present)
+#   CLAWFARM_GUEST_KERNEL   generic (default: linux-image-amd64) or cloud
+#                           (linux-image-cloud-amd64, the kernel of Debian's official
+#                           genericcloud images: no 9p at all). The cloud variant is cached
+#                           as debian-12-clawfarm-cloud-<hash>.qcow2.
 set -euo pipefail
 
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"
-HASH="$(sha256sum "$SELF" | cut -c1-16)"
+KERNEL_FLAVOUR="${CLAWFARM_GUEST_KERNEL:-generic}"
+case "$KERNEL_FLAVOUR" in
+  generic) KERNEL_PKG=linux-image-amd64; VARIANT="" ;;
+  cloud) KERNEL_PKG=linux-image-cloud-amd64; VARIANT="-cloud" ;;
+  *) printf '[build-guest-image] CLAWFARM_GUEST_KERNEL=%s is not generic or cloud\n' \
+       "$KERNEL_FLAVOUR" >&2; exit 2 ;;
+esac
+HASH="$( (cat "$SELF"; echo "$KERNEL_FLAVOUR") | sha256sum | cut -c1-16)"
 CACHE_ROOT="${CLAWFARM_CACHE:-$HOME/.cache/clawfarm}"
 DIR="$CACHE_ROOT/guest"
-NAME="debian-12-clawfarm-$HASH.qcow2"
+NAME="debian-12-clawfarm$VARIANT-$HASH.qcow2"
 FINAL="$DIR/$NAME"
-LINK="$DIR/debian-12-clawfarm.qcow2"
+LINK="$DIR/debian-12-clawfarm$VARIANT.qcow2"
 OUT="${1:-}"
 
 # Root filesystem label: used in fstab, on the kernel command line and by GRUB's search.
@@ -39,10 +50,10 @@ SUITE=bookworm
 PACKAGES=(
   # what the brief's recipe needs
   cloud-init python3-cffi-backend openssh-server sudo systemd-sysv ifupdown isc-dhcp-client
-  # The generic kernel, not linux-image-cloud-amd64: the cloud flavour is built without 9p
-  # (CONFIG_NET_9P is not set), which the payload/volume shares need. Module trees for
+  # The kernel ($CLAWFARM_GUEST_KERNEL). Neither the payload nor the volumes need 9p any more
+  # (they are virtio-blk disks with ext4), so the cloud flavour works as well. Module trees for
   # hardware a QEMU guest never has are pruned below to keep the image small.
-  linux-image-amd64
+  "$KERNEL_PKG"
   # udev creates /dev/virtio-ports/<name>; kmod for modprobe; initramfs for root=LABEL=
   udev kmod initramfs-tools
   # small conveniences the phase runner and agents expect
@@ -158,8 +169,9 @@ find "$ROOT/lib/modules/$KVER/kernel/drivers/net/ethernet" -mindepth 1 -maxdepth
 chroot "$ROOT" depmod -a "$KVER"
 [[ -f "$ROOT/boot/vmlinuz-$KVER" && -f "$ROOT/boot/initrd.img-$KVER" ]] || {
   log "kernel or initrd missing in /boot"; exit 1; }
-# The status channel and shares need these; fail the build loudly if the kernel lacks one.
-for mod in qemu_fw_cfg 9p 9pnet_virtio virtio_console; do
+# The status channel, the payload and the volumes need these; fail the build loudly if the
+# kernel lacks one.
+for mod in qemu_fw_cfg virtio_console virtio_blk ext4; do
   if ! grep -qE "/$mod\.ko(\.[a-z]+)?:" "$ROOT/lib/modules/$KVER/modules.dep" \
      && ! grep -qE "/$mod\.ko" "$ROOT/lib/modules/$KVER/modules.builtin"; then
     log "kernel $KVER has no module $mod"; exit 1
@@ -201,12 +213,10 @@ for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_re
     fstrim.timer; do
   ln -sfn /dev/null "$ROOT/etc/systemd/system/$unit"
 done
-# Load the modules the status channel and the 9p shares need at every boot.
+# Load the modules the status channel needs at every boot.
 cat > "$ROOT/etc/modules-load.d/clawfarm.conf" <<EOF
 qemu_fw_cfg
 virtio_console
-9p
-9pnet_virtio
 EOF
 # Serial console login (getty) on ttyS0.
 mkdir -p "$ROOT/etc/systemd/system/getty.target.wants"

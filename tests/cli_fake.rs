@@ -921,3 +921,131 @@ fn home_params_and_bounds_are_checked_without_side_effects() {
     }
     assert!(!e.home.exists(), "a refused run created the home");
 }
+
+/// Checkpoint, list, restore and suspend/resume on the fake driver: what each verb prints,
+/// what `ps` says, and that bad input (bad or existing tag, unknown tag, stopped VM)
+/// changes nothing.
+#[test]
+fn checkpoint_restore_suspend_verbs() {
+    let e = env();
+    let a = e.run(&["apply", "-f", e.dir()]);
+    assert_eq!(code(&a), 0, "{}", text(&a));
+    let c = e.run(&["checkpoint", "alpha", "--tag", "good"]);
+    assert_eq!(code(&c), 0, "{}", text(&c));
+    assert!(text(&c).contains("checkpoint good saved"), "{}", text(&c));
+    // A default tag is the time.
+    let c = e.run(&["checkpoint", "alpha"]);
+    assert_eq!(code(&c), 0, "{}", text(&c));
+    let list = e.run(&["checkpoints", "alpha", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v[0]["tag"], "good");
+    let table = text(&e.run(&["checkpoints", "alpha"]));
+    assert!(table.contains("TAG") && table.contains("good"), "{table}");
+
+    for (args, want) in [
+        (
+            vec!["checkpoint", "alpha", "--tag", "good"],
+            "already has a checkpoint good",
+        ),
+        (
+            vec!["checkpoint", "alpha", "--tag", "a/b"],
+            "must be 1-64 characters",
+        ),
+        (
+            vec!["checkpoint", "alpha", "--tag", ""],
+            "must be 1-64 characters",
+        ),
+        (
+            vec!["checkpoint", "alpha", "--tag", "clawfarm-x"],
+            "reserved",
+        ),
+        (vec!["checkpoint", "alpha", "--tag", "123"], "all digits"),
+        (
+            vec!["restore", "alpha", "nope"],
+            "has no checkpoint \"nope\"",
+        ),
+        (vec!["restore", "nobody", "good"], "nobody"),
+        (
+            vec!["volume", "export", "alpha", "data", "/tmp/x"],
+            "no volume \"data\"",
+        ),
+    ] {
+        let o = e.run(&args);
+        assert_eq!(code(&o), 1, "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+    }
+    let v2: serde_json::Value =
+        serde_json::from_slice(&e.run(&["checkpoints", "alpha", "--json"]).stdout).unwrap();
+    assert_eq!(v2, v, "bad input changed the checkpoints");
+
+    let r = e.run(&["restore", "alpha", "good"]);
+    assert_eq!(code(&r), 0, "{}", text(&r));
+    assert!(
+        text(&r).contains("restored to good and ready"),
+        "{}",
+        text(&r)
+    );
+
+    let s = e.run(&["suspend", "alpha"]);
+    assert_eq!(code(&s), 0, "{}", text(&s));
+    assert!(text(&s).contains("suspended"), "{}", text(&s));
+    let ps: serde_json::Value =
+        serde_json::from_slice(&e.run(&["ps", "-o", "json"]).stdout).unwrap();
+    let row = |name: &str| {
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row("alpha")["status"], "suspended");
+    assert_eq!(row("beta")["status"], "ready");
+    // Suspending again is fine; a checkpoint of a suspended VM is refused.
+    assert_eq!(code(&e.run(&["suspend", "alpha"])), 0);
+    let c = e.run(&["checkpoint", "alpha", "--tag", "later"]);
+    assert_eq!(code(&c), 1);
+    assert!(text(&c).contains("not running"), "{}", text(&c));
+    // start resumes; the reconcile would too.
+    let st = e.run(&["start", "alpha"]);
+    assert_eq!(code(&st), 0, "{}", text(&st));
+    assert_all_ready(&e);
+    let log = std::fs::read_to_string(
+        std::fs::read_dir(e.home.join("claws"))
+            .unwrap()
+            .flatten()
+            .find(|d| d.file_name().to_string_lossy().starts_with("alpha"))
+            .unwrap()
+            .path()
+            .join("fake-serial.log"),
+    )
+    .unwrap();
+    assert!(log.contains("resumed"), "{log}");
+    let ev = std::fs::read_to_string(e.home.join("events.jsonl")).unwrap_or_default();
+    for verb in ["checkpoint", "restore", "suspend"] {
+        assert!(ev.contains(verb), "no {verb} event in {ev}");
+    }
+}
+
+/// A suspended instance whose manifest says running is resumed by apply.
+#[test]
+fn apply_resumes_a_suspended_instance() {
+    let e = env();
+    assert_eq!(code(&e.run(&["apply", "-f", e.dir()])), 0);
+    assert_eq!(code(&e.run(&["suspend", "beta"])), 0);
+    let a = e.run(&["apply", "-f", e.dir()]);
+    assert_eq!(code(&a), 0, "{}", text(&a));
+    assert_all_ready(&e);
+}
+
+/// Every instance in `ps` is ready.
+fn assert_all_ready(e: &Env) {
+    let ps: serde_json::Value =
+        serde_json::from_slice(&e.run(&["ps", "-o", "json"]).stdout).unwrap();
+    let rows = ps.as_array().unwrap();
+    assert!(
+        !rows.is_empty() && rows.iter().all(|r| r["status"] == "ready"),
+        "{ps}"
+    );
+}

@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 use clawfarm::desired;
 use clawfarm::driver::qemu::accel::AccelMode;
 use clawfarm::driver::qemu::cmdline::QemuSpec;
-use clawfarm::driver::qemu::layout::{InstanceFiles, volumes_dir};
+use clawfarm::driver::qemu::disks;
+use clawfarm::driver::qemu::layout::{InstanceFiles, volume_disk, volumes_dir};
 use clawfarm::driver::qemu::{QemuConfig, QemuDriver, free_port, http_answers};
 use clawfarm::home::Home;
 use clawfarm::state::record::Record;
@@ -327,7 +328,10 @@ fn pid_alive(pid: u64) -> bool {
 fn bare_boot(dir: &Path, blob: &Path, seed: &Path, payload: &Path, vol: &Path) -> f64 {
     let files = InstanceFiles::at(dir);
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::create_dir_all(vol).unwrap();
+    // The same payload and volume disks the driver makes.
+    let payload_img = dir.join("payload.img");
+    disks::ensure_payload_image(payload, &payload_img, &dir.join("payload.id"), "bare").unwrap();
+    disks::ensure_volume(Path::new("qemu-img"), vol, "data", None).unwrap();
     let st = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
         .arg(blob)
@@ -346,8 +350,9 @@ fn bare_boot(dir: &Path, blob: &Path, seed: &Path, payload: &Path, vol: &Path) -
         ssh_port: free_port().unwrap(),
         ports: vec![],
         nonce: nonce.clone(),
-        payload: Some(payload.to_owned()),
-        volumes: vec![("vol0".into(), vol.to_owned())],
+        payload: Some(payload_img),
+        volumes: vec![("claw-vol0".into(), vol.to_owned())],
+        loadvm: None,
     };
     let t = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
@@ -379,12 +384,16 @@ fn bare_boot(dir: &Path, blob: &Path, seed: &Path, payload: &Path, vol: &Path) -
     secs
 }
 
+/// The e2e tests of this file run one after the other (one VM at a time on a small host).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_real_guests() {
     if std::env::var("CLAWFARM_E2E").as_deref() != Ok("1") {
         eprintln!("skipped: set CLAWFARM_E2E=1 to boot real guests (several minutes)");
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     t0();
     for t in ["qemu-system-x86_64", "qemu-img", "ssh", "tar"] {
         need(t);
@@ -518,13 +527,11 @@ async fn e2e_real_guests() {
         env.ssh_ok("alpha", "sudo cat /root/payload-copy"),
         "payload from the bundle"
     );
-    let vol_a = volumes_dir(&home, &alpha_id).join("data");
     assert_eq!(
-        std::fs::read_to_string(vol_a.join("from-guest"))
-            .unwrap()
-            .trim(),
+        env.ssh_ok("alpha", "cat /srv/data/from-guest"),
         "written by alpha"
     );
+    let vol_a = volume_disk(&home, &alpha_id, "data");
     // (5) the gateway answers on 127.0.0.1 (and ps shows it).
     assert!(http_answers(gw_port, Duration::from_secs(5)));
     let row = env.ps_row("alpha");
@@ -664,7 +671,7 @@ async fn e2e_real_guests() {
         &std::path::absolute(home.blob(&sha)).unwrap(),
         &files_a.seed(),
         &std::path::absolute(home.bundle_dir(&bundle_digest).join("claw")).unwrap(),
-        &work.path().join("bare-vol"),
+        &work.path().join("bare-vol.qcow2"),
     );
     log(format!(
         "MEASURE apply→ready {apply_secs:.1}s (of which wait-ready {alpha_wait:.1}s; load \
@@ -699,12 +706,347 @@ async fn e2e_real_guests() {
     let out = env.cli_ok(&["rm", "-f", "alpha"]);
     assert!(out.contains("removed"));
     assert!(!files_a.dir.exists());
-    assert!(
-        vol_a.join("from-guest").exists(),
+    // rm without --purge keeps the volume disk; the host reads it without a VM.
+    let out_dir = work.path().join("vol-a-export");
+    disks::export_volume(Path::new("qemu-img"), &vol_a, &out_dir).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("from-guest"))
+            .unwrap()
+            .trim(),
+        "written by alpha",
         "rm without --purge keeps volumes"
     );
     env.cli_ok(&["rm", "--purge", "beta"]);
     assert!(!volumes_dir(&home, &beta_id).exists());
     assert!(env.ps().is_empty());
     log("all e2e checks passed");
+}
+
+/// Seconds until `ps` says `name` is ready (its gateway check has a 0.5 s timeout, which a
+/// TCG guest on a loaded host may miss right after a restore); fails after `max` seconds.
+fn ready_within(env: &Env, name: &str, max: f64) -> f64 {
+    let t = Instant::now();
+    loop {
+        let st = env.ps_row(name)["status"].clone();
+        if st == "ready" {
+            return t.elapsed().as_secs_f64();
+        }
+        assert!(t.elapsed().as_secs_f64() < max, "{name} is {st}, not ready");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The QEMU pid of instance `clawid` (from its record), if that process lives.
+fn vm_pid(home: &Home, clawid: &str) -> Option<u64> {
+    let r = Record::read(&Record::path(home, clawid)).ok()?;
+    let drv = QemuDriver::with_config(home.clone(), QemuConfig::default());
+    drv.running(clawid, Some(&r)).map(|p| u64::from(p.pid))
+}
+
+/// Checkpoints, restore and suspend on a real guest (`rfc/011-checkpoints.md`), with the
+/// payload and a volume as disks (so it passes on a kernel without 9p, e.g. the image of
+/// `CLAWFARM_GUEST_KERNEL=cloud scripts/build-guest-image.sh`):
+///
+/// 1. apply `ck` → ready; the payload is at /opt/claw (ext4), the volume at /srv/data;
+/// 2. marker, `checkpoint --tag good`, delete the marker and write another, `restore` → the
+///    first marker is back, the second gone, the volume too, the gateway answers, `ps` says
+///    ready at once, the guest clock is the host's;
+/// 3. `suspend` → no QEMU; `start` → ready with a guest process from before still running;
+/// 4. bad input (existing tag, bad tag, unknown tag) → clear error, nothing changed;
+/// 5. `kill -9` of clawfarm mid-checkpoint and mid-suspend, and of QEMU mid-restore → the
+///    next start/apply converges to ready;
+/// 6. `rm` without `--purge` keeps the volume; the host reads it.
+///
+/// Prints `MEASURE` lines (cold boot, checkpoint, restore, suspend, resume; sizes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_checkpoints() {
+    if std::env::var("CLAWFARM_E2E").as_deref() != Ok("1") {
+        eprintln!("skipped: set CLAWFARM_E2E=1 to boot real guests (several minutes)");
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    t0();
+    for t in [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "ssh",
+        "tar",
+        "mkfs.ext4",
+        "debugfs",
+    ] {
+        need(t);
+    }
+    let image = guest_image();
+    log(format!("guest image {}", image.display()));
+    let work = tempfile::Builder::new()
+        .prefix("cf-ck")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let home = Home::new(work.path().join("h"));
+    home.ensure().unwrap();
+    let _cleanup = KillVms(home.clone());
+    let env = Env {
+        home: home.clone(),
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_clawfarm")),
+    };
+    let sha = sha256(&image);
+    let (http_port, _hits) = serve(image.clone());
+    let file_name = image.file_name().unwrap().to_string_lossy().to_string();
+    let url = format!("http://127.0.0.1:{http_port}/{file_name}");
+    let bundle_path = make_bundle(work.path(), &url, &sha);
+    // SAFETY: set before this test starts any thread that reads the environment.
+    unsafe { std::env::set_var("CLAWFARM_ACCEL", "tcg") };
+    let id = desired::clawid_for("ck");
+    let gw = free_port().unwrap();
+    let mdir = work.path().join("manifests");
+    manifest(
+        &mdir,
+        "ck",
+        &bundle_path,
+        &format!(
+            "  ports: [{{host: {gw}, guest: 8080, name: gateway}}]\n  params:\n    \
+             API_KEY: {{env: E2E_API_KEY}}\n"
+        ),
+    );
+    let mem_gib = 1.0f64;
+
+    // ---- 1. cold boot ----------------------------------------------------------------------
+    let (ok, report, apply_secs) = apply(&env, &mdir);
+    assert!(ok, "apply failed: {report:#}");
+    let cold = node_secs(&report, "start", None) + node_secs(&report, "wait_ready", None);
+    log(format!(
+        "ck ready: apply {apply_secs:.1}s, start→ready {cold:.1}s"
+    ));
+    let kernel = env.ssh_ok("ck", "uname -r");
+    let has_9p = env.ssh_ok("ck", "grep -c 9p /proc/filesystems || true");
+    log(format!(
+        "guest kernel {kernel}; 9p in /proc/filesystems: {has_9p}"
+    ));
+    if image.to_string_lossy().contains("-cloud") {
+        assert!(kernel.contains("cloud"), "{kernel}");
+        assert_eq!(has_9p, "0", "the cloud kernel has no 9p");
+    }
+    assert_eq!(
+        env.ssh_ok("ck", "cat /opt/claw/hello.txt"),
+        "payload from the bundle"
+    );
+    assert_eq!(
+        env.ssh_ok("ck", "findmnt -n -o FSTYPE,OPTIONS /opt/claw")
+            .split_whitespace()
+            .next(),
+        Some("ext4")
+    );
+    let (w, _) = env.ssh("ck", "touch /opt/claw/x 2>/dev/null");
+    assert!(!w, "the payload is writable");
+    assert_eq!(
+        env.ssh_ok("ck", "cat /srv/data/from-guest"),
+        "written by ck"
+    );
+
+    // ---- 2. checkpoint, change, restore --------------------------------------------------
+    env.ssh_ok(
+        "ck",
+        "sudo sh -c 'echo one > /var/lib/marker1; echo v-one > /srv/data/vmark; sync'",
+    );
+    let sleeper = env.ssh_ok(
+        "ck",
+        "sudo sh -c 'setsid sleep 1000000 </dev/null >/dev/null 2>&1 & echo $!'",
+    );
+    log(format!("guest sleeper pid {sleeper}"));
+    let t = Instant::now();
+    let out = env.cli_ok(&["checkpoint", "ck", "--tag", "good"]);
+    let ckpt_secs = t.elapsed().as_secs_f64();
+    log(format!("checkpoint {ckpt_secs:.1}s: {}", out.trim()));
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&env.cli_ok(&["checkpoints", "ck", "--json"])).unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["tag"], "good");
+    assert_eq!(list[0]["volumes"], serde_json::json!(["data"]));
+    let vm_state = list[0]["vm_state_bytes"].as_u64().unwrap();
+    assert!(vm_state > 1 << 20, "{vm_state}");
+    assert!(env.cli_ok(&["checkpoints", "ck"]).contains("good"));
+
+    // Bad input: nothing changes.
+    for (args, want) in [
+        (
+            vec!["checkpoint", "ck", "--tag", "good"],
+            "already has a checkpoint good",
+        ),
+        (
+            vec!["checkpoint", "ck", "--tag", "../x"],
+            "must be 1-64 characters",
+        ),
+        (
+            vec!["checkpoint", "ck", "--tag", "clawfarm-suspend"],
+            "reserved",
+        ),
+        (
+            vec!["restore", "ck", "nope"],
+            "has no checkpoint \"nope\" (it has: good)",
+        ),
+    ] {
+        let o = env.cli(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
+    }
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&env.cli_ok(&[
+            "checkpoints",
+            "ck",
+            "--json"
+        ]))
+        .unwrap()
+        .len(),
+        1
+    );
+
+    env.ssh_ok(
+        "ck",
+        "sudo sh -c 'rm /var/lib/marker1; echo two > /var/lib/marker2; echo v-two > /srv/data/vmark; sync'",
+    );
+    let t = Instant::now();
+    let out = env.cli_ok(&["restore", "ck", "good"]);
+    let restore_secs = t.elapsed().as_secs_f64();
+    log(format!(
+        "restore → ready {restore_secs:.1}s: {}",
+        out.trim()
+    ));
+    assert!(out.contains("ready"), "{out}");
+    let secs = ready_within(&env, "ck", 15.0);
+    log(format!(
+        "ps says ready {secs:.1}s after the restore returned"
+    ));
+    assert!(
+        http_answers(gw, Duration::from_secs(5)),
+        "gateway after restore"
+    );
+    assert_eq!(
+        env.ssh_ok(
+            "ck",
+            "cat /var/lib/marker1; ls /var/lib/marker2 2>&1 >/dev/null | wc -l; cat /srv/data/vmark"
+        ),
+        "one\n1\nv-one"
+    );
+    // The clock fix runs in the background right after the restore.
+    std::thread::sleep(Duration::from_secs(5));
+    let guest_now: i64 = env.ssh_ok("ck", "date +%s").parse().unwrap();
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    log(format!(
+        "guest clock - host clock after restore: {}s",
+        guest_now - host_now
+    ));
+    assert!(
+        (guest_now - host_now).abs() <= 5,
+        "guest clock off by {}s",
+        guest_now - host_now
+    );
+
+    // ---- 3. suspend, resume ------------------------------------------------------------
+    let pid = vm_pid(&home, &id).expect("running");
+    let t = Instant::now();
+    let out = env.cli_ok(&["suspend", "ck"]);
+    let suspend_secs = t.elapsed().as_secs_f64();
+    log(format!("suspend {suspend_secs:.1}s: {}", out.trim()));
+    assert!(!pid_alive(pid), "QEMU still runs after suspend");
+    assert_eq!(env.ps_row("ck")["status"], "suspended");
+    let t = Instant::now();
+    let out = env.cli_ok(&["start", "ck"]);
+    let resume_secs = t.elapsed().as_secs_f64();
+    log(format!("resume → ready {resume_secs:.1}s: {}", out.trim()));
+    ready_within(&env, "ck", 15.0);
+    assert!(http_answers(gw, Duration::from_secs(5)));
+    env.ssh_ok("ck", &format!("sudo kill -0 {sleeper}"));
+    assert_eq!(env.ssh_ok("ck", "cat /var/lib/marker1"), "one");
+    let qlog = std::fs::read_to_string(InstanceFiles::new(&home, &id).qemu_log()).unwrap();
+    assert!(qlog.contains("resumed the suspended VM"), "{qlog}");
+    assert!(!InstanceFiles::new(&home, &id).suspend().exists());
+
+    // ---- 5. kill -9 at each step ----------------------------------------------------------
+    let spawn = |args: &[&str]| {
+        Command::new(&env.bin)
+            .arg("--home")
+            .arg(home.root())
+            .args(args)
+            .env_remove("CLAWFARM_DRIVER")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // clawfarm killed mid-checkpoint: the VM runs on, a later checkpoint works.
+    let mut c = spawn(&["checkpoint", "ck", "--tag", "k1"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = c.kill();
+    let _ = c.wait();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        vm_pid(&home, &id).is_some(),
+        "VM gone after a killed checkpoint"
+    );
+    env.cli_ok(&["checkpoint", "ck", "--tag", "k2"]);
+    assert_eq!(
+        env.cli_ok(&["start", "ck"]).lines().last().unwrap_or(""),
+        "ck ready".replace("ck", &id)
+    );
+    // clawfarm killed mid-suspend: start converges (continues or resumes), the guest
+    // process survives either way.
+    let mut c = spawn(&["suspend", "ck"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = c.kill();
+    let _ = c.wait();
+    let out = env.cli_ok(&["start", "ck"]);
+    log(format!("start after a killed suspend: {}", out.trim()));
+    assert_eq!(env.ps_row("ck")["status"], "ready");
+    env.ssh_ok("ck", &format!("sudo kill -0 {sleeper}"));
+    // QEMU killed mid-restore: the next apply converges to ready (a cold boot).
+    let pid = vm_pid(&home, &id).expect("running");
+    let mut c = spawn(&["restore", "ck", "good"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    let _ = c.wait();
+    let t = Instant::now();
+    let (ok, report, _) = apply(&env, &mdir);
+    assert!(ok, "apply after a killed restore failed: {report:#}");
+    let cold2 = t.elapsed().as_secs_f64();
+    log(format!(
+        "apply after QEMU was killed mid-restore → ready {cold2:.1}s"
+    ));
+    assert_eq!(env.ps_row("ck")["status"], "ready");
+    assert_eq!(
+        env.ssh_ok("ck", "cat /opt/claw/hello.txt"),
+        "payload from the bundle"
+    );
+
+    // ---- 6. rm keeps the volume --------------------------------------------------------
+    env.cli_ok(&["rm", "-f", "ck"]);
+    let out_dir = work.path().join("vol-export");
+    disks::export_volume(
+        Path::new("qemu-img"),
+        &volume_disk(&home, &id, "data"),
+        &out_dir,
+    )
+    .unwrap();
+    let vmark = std::fs::read_to_string(out_dir.join("vmark")).unwrap_or_default();
+    assert!(
+        vmark.trim() == "v-one" || vmark.trim() == "v-two",
+        "{vmark:?}"
+    );
+    assert!(volume_disk(&home, &id, "data").is_file());
+
+    let gib = vm_state as f64 / (1u64 << 30) as f64;
+    log(format!(
+        "MEASURE guest RAM {mem_gib} GiB: cold start→ready {cold:.1}s; checkpoint {ckpt_secs:.1}s \
+         ({:.1}s per GiB of RAM), VM state {:.0} MiB ({:.2} of RAM); restore→ready {restore_secs:.1}s; \
+         suspend {suspend_secs:.1}s; resume→ready {resume_secs:.1}s; cold again {cold2:.1}s (load {})",
+        ckpt_secs / mem_gib,
+        vm_state as f64 / (1u64 << 20) as f64,
+        gib / mem_gib,
+        load()
+    ));
 }

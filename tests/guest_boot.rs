@@ -1,5 +1,5 @@
 //! End-to-end proof of the guest contract under TCG: builds (or reuses) the cached guest
-//! image and runs `scripts/boot-bare.sh` (two boots, SSH checks, failure + retry, 9p).
+//! image and runs `scripts/boot-bare.sh` (two boots, SSH checks, failure + retry, payload and volume disks).
 //! Slow (≈ 5 min warm, + ≈ 6 min for a cold image build) and needs root, QEMU and network
 //! access to the Debian mirror for a cold build, so it is ignored by default:
 //!

@@ -119,7 +119,7 @@ fn input(root_marker: &str) -> SeedInput {
                 ),
             },
         ],
-        payload_tag: None,
+        payload_serial: None,
         volumes: vec![],
         ..SeedInput::default()
     };

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clawfarm::desired::{BundleDesired, DesiredInstance};
-use clawfarm::driver::qemu::layout::volumes_dir;
+use clawfarm::driver::qemu::layout::{volume_disk, volumes_dir};
 use clawfarm::driver::qemu::{QemuConfig, QemuDriver};
 use clawfarm::driver::{Driver, Liveness};
 use clawfarm::home::Home;
@@ -190,7 +190,7 @@ async fn seed_keys_once_rewrite_on_change_volumes_outside() {
     let hostkey = std::fs::read(f.host_key()).unwrap();
     let id1 = std::fs::read_to_string(f.seed_id()).unwrap();
     let m1 = std::fs::metadata(f.seed()).unwrap().modified().unwrap();
-    assert!(volumes_dir(&home, &inst.clawid).join("data").is_dir());
+    assert!(volume_disk(&home, &inst.clawid, "data").is_file());
     assert!(!volumes_dir(&home, &inst.clawid).starts_with(&f.dir));
     // No secret in any file except the seed image itself.
     for e in std::fs::read_dir(&f.dir).unwrap() {
@@ -217,10 +217,15 @@ async fn seed_keys_once_rewrite_on_change_volumes_outside() {
     assert_eq!(std::fs::read(f.host_key()).unwrap(), hostkey);
 
     // remove keeps volumes; purge deletes them.
-    std::fs::write(volumes_dir(&home, &inst.clawid).join("data/x"), b"keep").unwrap();
+    let disk = volume_disk(&home, &inst.clawid, "data");
+    let before = std::fs::read(&disk).unwrap();
     drv.remove(&inst.clawid, false).await.unwrap();
     assert!(!f.dir.exists());
-    assert!(volumes_dir(&home, &inst.clawid).join("data/x").exists());
+    assert_eq!(
+        std::fs::read(&disk).unwrap(),
+        before,
+        "rm keeps the volume disk"
+    );
     drv.remove(&inst.clawid, true).await.unwrap();
     assert!(!volumes_dir(&home, &inst.clawid).exists());
     // Removing what is gone is fine.
@@ -297,4 +302,76 @@ async fn probe_adopt_and_refuse_remove_of_a_running_vm() {
     // Stopping a VM that is gone is fine.
     drv.stop(&rec).await.unwrap();
     drv.remove(&rec.clawid, false).await.unwrap();
+}
+
+/// Payload and volume disks without a VM: the payload image holds the tree (read back with
+/// debugfs), a volume made from an old 9p-era folder keeps its files, export copies them
+/// out, and hostile destinations are refused without changing anything.
+#[test]
+fn payload_and_volume_disks_round_trip() {
+    use clawfarm::driver::qemu::disks;
+    if !have("mkfs.ext4") || !have("debugfs") || !have("qemu-img") {
+        eprintln!("skipped: needs mkfs.ext4, debugfs and qemu-img");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("claw");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("hello.txt"), "payload\n").unwrap();
+    std::fs::write(src.join("sub/big.bin"), vec![7u8; 3 << 20]).unwrap();
+    let img = d.path().join("payload.img");
+    let id = d.path().join("payload.id");
+    disks::ensure_payload_image(&src, &img, &id, "digest-1").unwrap();
+    let m1 = std::fs::metadata(&img).unwrap().modified().unwrap();
+    let cat = |img: &Path, path: &str| {
+        let o = std::process::Command::new("debugfs")
+            .args(["-R", &format!("cat {path}")])
+            .arg(img)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    assert_eq!(cat(&img, "/hello.txt"), "payload\n");
+    // Same bundle: kept; another bundle: rebuilt.
+    std::thread::sleep(Duration::from_millis(20));
+    disks::ensure_payload_image(&src, &img, &id, "digest-1").unwrap();
+    assert_eq!(std::fs::metadata(&img).unwrap().modified().unwrap(), m1);
+    std::fs::write(src.join("hello.txt"), "changed\n").unwrap();
+    disks::ensure_payload_image(&src, &img, &id, "digest-2").unwrap();
+    assert_eq!(cat(&img, "/hello.txt"), "changed\n");
+
+    // A volume seeded from an old folder; sparse qcow2.
+    let old = d.path().join("vols/data");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("kept"), "from 9p days\n").unwrap();
+    let disk = d.path().join("vols/data.qcow2");
+    disks::ensure_volume(Path::new("qemu-img"), &disk, "data", Some(&old)).unwrap();
+    assert!(
+        std::fs::metadata(&disk).unwrap().len() < 64 << 20,
+        "not sparse"
+    );
+    let out = d.path().join("export");
+    disks::export_volume(Path::new("qemu-img"), &disk, &out).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("kept")).unwrap(),
+        "from 9p days\n"
+    );
+    assert!(!out.join("lost+found").exists());
+    // Existing volume: kept as is.
+    let before = std::fs::read(&disk).unwrap();
+    disks::ensure_volume(Path::new("qemu-img"), &disk, "data", None).unwrap();
+    assert_eq!(std::fs::read(&disk).unwrap(), before);
+    // A non-empty destination is refused and left alone.
+    let e = disks::export_volume(Path::new("qemu-img"), &disk, &out).unwrap_err();
+    assert!(format!("{e:#}").contains("not an empty folder"), "{e:#}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    // A missing disk names itself.
+    let e = disks::export_volume(
+        Path::new("qemu-img"),
+        &d.path().join("nope.qcow2"),
+        &d.path().join("o2"),
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("nope.qcow2"), "{e:#}");
+    assert!(!d.path().join("o2").exists());
 }

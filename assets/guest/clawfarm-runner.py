@@ -4,7 +4,8 @@
 Written into the guest by cloud-init (user-data made by clawfarm's src/seed.rs) and run by
 clawfarm-bootstrap.service on every boot, after cloud-final.service.
 
-Per boot:  cloud-init (ok/failed from `cloud-init status`) -> mount (9p shares)
+Per boot:  cloud-init (ok/failed from `cloud-init status`) -> mount (payload and volume disks:
+           ext4 on virtio-blk, found by serial)
            -> the phases of /etc/clawfarm/runner.json in order (install, start, provision[i])
            -> done.
 A phase with "once": true (install, provision steps) is skipped when it already succeeded for
@@ -29,6 +30,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 ROOT = os.environ.get("CLAWFARM_RUNNER_ROOT", "")
 PORT_NAME = "org.clawfarm.status"
@@ -169,7 +171,28 @@ def check_cloud_init(rep):
     return False
 
 
+def find_disk(serial, wait=30.0):
+    """The block device whose virtio serial is `serial`: /dev/disk/by-id/virtio-SERIAL
+    (udev), else a scan of /sys/block/*/serial. Waits up to `wait` s for it to appear."""
+    deadline = time.time() + wait
+    while True:
+        link = p("/dev/disk/by-id/virtio-" + serial)
+        if os.path.exists(link):
+            return link
+        for f in sorted(glob.glob(p("/sys/block/*/serial"))):
+            try:
+                with open(f) as fh:
+                    if fh.read().strip() == serial:
+                        return p("/dev/" + os.path.basename(os.path.dirname(f)))
+            except OSError:
+                pass
+        if time.time() >= deadline:
+            return None
+        time.sleep(0.5)
+
+
 def do_mounts(rep, mounts):
+    """Mount the payload and volume disks (ext4 on virtio-blk, found by serial)."""
     if not mounts:
         return True
     log = p(LOG_DIR + "/mount.log")
@@ -185,11 +208,18 @@ def do_mounts(rep, mounts):
             if os.path.ismount(path):
                 out.write(("%s already mounted\n" % path).encode())
                 continue
-            opts = "trans=virtio,version=9p2000.L,msize=262144"
-            if m.get("readonly"):
-                opts += ",ro"
+            serial = m.get("serial", "")
+            dev = find_disk(serial, 0.0 if os.environ.get("CLAWFARM_MOUNT") else 30.0)
+            if dev is None:
+                if os.environ.get("CLAWFARM_MOUNT"):
+                    dev = "/dev/disk/by-id/virtio-" + serial  # tests: no devices
+                else:
+                    out.write(("no disk with serial %s\n" % serial).encode())
+                    failed = 1
+                    break
+            opts = "ro,noload" if m.get("readonly") else "rw"
             cmd = os.environ.get("CLAWFARM_MOUNT", "mount")
-            argv = shlex.split(cmd) + ["-t", "9p", "-o", opts, m["tag"], path]
+            argv = shlex.split(cmd) + ["-t", "ext4", "-o", opts, dev, path]
             out.write(("+ %s\n" % " ".join(shlex.quote(a) for a in argv)).encode())
             out.flush()
             rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out,

@@ -36,6 +36,7 @@ macro_rules! out {
     }};
 }
 
+mod checkpoints;
 mod events;
 mod lifecycle;
 mod logs;
@@ -111,6 +112,17 @@ pub enum Command {
     Start(lifecycle::StartArgs),
     /// Remove an instance (its volumes are kept unless --purge).
     Rm(lifecycle::RmArgs),
+    /// Save a checkpoint of a running instance: RAM, devices, disk and volumes together.
+    Checkpoint(checkpoints::CheckpointArgs),
+    /// List the checkpoints of an instance (time, size of the saved VM state).
+    Checkpoints(checkpoints::CheckpointsArgs),
+    /// Put an instance back to a checkpoint, running.
+    Restore(checkpoints::RestoreArgs),
+    /// Save the running state of an instance and end its VM; start resumes it.
+    Suspend(checkpoints::SuspendArgs),
+    /// Volumes of an instance (export the files of one to the host).
+    #[command(subcommand)]
+    Volume(checkpoints::VolumeCommand),
     /// Write a new clawspec (and optionally a manifest using it): a terminal wizard, or
     /// flags with --non-interactive.
     #[command(after_long_help = crate::tui::wizard::EXAMPLES)]
@@ -243,6 +255,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Export(a) => lifecycle::export(&ctx, &a),
         Command::Start(a) => lifecycle::start(&ctx, &a),
         Command::Rm(a) => lifecycle::rm(&ctx, &a),
+        Command::Checkpoint(a) => checkpoints::checkpoint(&ctx, &a),
+        Command::Checkpoints(a) => checkpoints::checkpoints(&ctx, &a),
+        Command::Restore(a) => checkpoints::restore(&ctx, &a),
+        Command::Suspend(a) => checkpoints::suspend(&ctx, &a),
+        Command::Volume(a) => checkpoints::volume(&ctx, &a),
         Command::New(a) => crate::tui::wizard::run(&a),
         Command::Schema => {
             outln!(

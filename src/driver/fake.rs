@@ -16,6 +16,7 @@ use anyhow::{Context, bail};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::Checkpoint;
 use super::boot::{GuestEvent, GuestPhase, GuestStatus, StepState};
 use super::{Driver, DriverError, ExportFigures, GuestHealth, Liveness, LogKind, StopOutcome};
 use crate::desired::{BundleDesired, DesiredInstance};
@@ -37,6 +38,30 @@ struct FakeVm {
     running: bool,
     /// Stands in for the QEMU process start time; bumps on every start.
     boot: u64,
+    /// The boot whose guest state runs (after a resume or restore), when not `boot`.
+    #[serde(default)]
+    guest: Option<u64>,
+    /// Saved state that the next start resumes.
+    #[serde(default)]
+    suspended: bool,
+    /// Checkpoints, oldest first.
+    #[serde(default)]
+    checkpoints: Vec<FakeCheckpoint>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FakeCheckpoint {
+    tag: String,
+    created_secs: u64,
+    guest: u64,
+    bundle: String,
+}
+
+impl FakeVm {
+    /// The boot nonce the guest runs with.
+    fn nonce(&self) -> String {
+        format!("fake-{}", self.guest.unwrap_or(self.boot))
+    }
 }
 
 /// The fake driver.
@@ -242,13 +267,23 @@ impl Driver for FakeDriver {
         }
         let mut vm = self.vm(&rec.clawid).unwrap_or_default();
         if !vm.running {
+            let resume = std::mem::take(&mut vm.suspended);
+            vm.guest = if resume {
+                Some(vm.guest.unwrap_or(vm.boot))
+            } else {
+                None
+            };
             vm.running = true;
             vm.boot += 1;
             self.set_vm(&rec.clawid, &vm)?;
             self.log(
                 &rec.clawid,
                 LogKind::Serial,
-                &format!("fake VM boot {} started", vm.boot),
+                &format!(
+                    "fake VM boot {} {}",
+                    vm.boot,
+                    if resume { "resumed" } else { "started" }
+                ),
             );
             self.log(
                 &rec.clawid,
@@ -261,7 +296,7 @@ impl Driver for FakeDriver {
                 pid: 0,
                 start_time: vm.boot,
             }),
-            boot_nonce: Some(format!("fake-{}", vm.boot)),
+            boot_nonce: Some(vm.nonce()),
             accel: Some("fake".into()),
             ssh_port: None,
             started_at: Some(SystemTime::now()),
@@ -355,7 +390,7 @@ impl Driver for FakeDriver {
         let Some(vm) = self.vm(clawid).filter(|vm| vm.running) else {
             return Ok(st);
         };
-        if nonce != format!("fake-{}", vm.boot) {
+        if nonce != vm.nonce() {
             return Ok(st);
         }
         let ev = |phase, state, code| GuestEvent {
@@ -464,5 +499,138 @@ impl Driver for FakeDriver {
     async fn layer_raw(&self, layer: &Path, raw: &Path) -> Result<(), DriverError> {
         std::fs::copy(layer, raw)?;
         Ok(())
+    }
+    async fn checkpoint(&self, rec: &Record, tag: &str) -> Result<Checkpoint, DriverError> {
+        self.enter("checkpoint", &rec.clawid).await?;
+        super::check_tag(tag)?;
+        let mut vm = self.vm(&rec.clawid).unwrap_or_default();
+        if !vm.running {
+            bail!(
+                "instance {} is not running; checkpoints are taken of a running VM",
+                rec.clawid
+            );
+        }
+        if vm.checkpoints.iter().any(|c| c.tag == tag) {
+            bail!("instance {} already has a checkpoint {tag}", rec.clawid);
+        }
+        let created_secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        vm.checkpoints.push(FakeCheckpoint {
+            tag: tag.into(),
+            created_secs,
+            guest: vm.guest.unwrap_or(vm.boot),
+            bundle: rec.build.bundle.clone(),
+        });
+        self.set_vm(&rec.clawid, &vm)?;
+        let c = vm.checkpoints.last().expect("just pushed");
+        Ok(fake_checkpoint(c, rec))
+    }
+
+    async fn checkpoints(&self, rec: &Record) -> Result<Vec<Checkpoint>, DriverError> {
+        let vm = self.vm(&rec.clawid).unwrap_or_default();
+        Ok(vm
+            .checkpoints
+            .iter()
+            .map(|c| fake_checkpoint(c, rec))
+            .collect())
+    }
+
+    async fn restore(&self, rec: &Record, tag: &str) -> Result<Runtime, DriverError> {
+        self.enter("restore", &rec.clawid).await?;
+        let mut vm = self.vm(&rec.clawid).unwrap_or_default();
+        let Some(c) = vm.checkpoints.iter().find(|c| c.tag == tag).cloned() else {
+            let have: Vec<&str> = vm.checkpoints.iter().map(|c| c.tag.as_str()).collect();
+            bail!(
+                "instance {} has no checkpoint {tag:?} (it has: {})",
+                rec.clawid,
+                if have.is_empty() {
+                    "none".to_string()
+                } else {
+                    have.join(", ")
+                }
+            );
+        };
+        if c.bundle != rec.build.bundle {
+            bail!(
+                "checkpoint {tag} of {} was taken with bundle {}, the instance now runs {}",
+                rec.clawid,
+                c.bundle,
+                rec.build.bundle
+            );
+        }
+        if !vm.running {
+            vm.running = true;
+            vm.boot += 1;
+        }
+        vm.suspended = false;
+        vm.guest = Some(c.guest);
+        self.set_vm(&rec.clawid, &vm)?;
+        self.log(
+            &rec.clawid,
+            LogKind::Vmm,
+            &format!("fake VM restored to checkpoint {tag}"),
+        );
+        Ok(Runtime {
+            process: Some(ProcessId {
+                pid: 0,
+                start_time: vm.boot,
+            }),
+            boot_nonce: Some(vm.nonce()),
+            accel: Some("fake".into()),
+            ssh_port: None,
+            started_at: Some(SystemTime::now()),
+        })
+    }
+
+    async fn suspend(&self, rec: &Record) -> Result<Duration, DriverError> {
+        self.enter("suspend", &rec.clawid).await?;
+        let mut vm = self.vm(&rec.clawid).unwrap_or_default();
+        if !vm.running {
+            if vm.suspended {
+                return Ok(Duration::ZERO);
+            }
+            bail!("instance {} is not running", rec.clawid);
+        }
+        vm.guest = Some(vm.guest.unwrap_or(vm.boot));
+        vm.running = false;
+        vm.suspended = true;
+        self.set_vm(&rec.clawid, &vm)?;
+        self.log(&rec.clawid, LogKind::Vmm, "fake VM suspended");
+        Ok(Duration::ZERO)
+    }
+
+    fn suspended(&self, clawid: &str) -> bool {
+        self.vm(clawid)
+            .is_some_and(|vm| vm.suspended && !vm.running)
+    }
+
+    async fn export_volume(
+        &self,
+        rec: &Record,
+        volume: &str,
+        dest: &std::path::Path,
+    ) -> Result<(), DriverError> {
+        self.enter("export-volume", &rec.clawid).await?;
+        if !rec.build.volumes.iter().any(|v| v.name == volume) {
+            bail!("instance {} has no volume {volume:?}", rec.clawid);
+        }
+        if self.vm(&rec.clawid).is_some_and(|vm| vm.running) {
+            bail!("instance {} is running; stop it first", rec.clawid);
+        }
+        std::fs::create_dir_all(dest)?;
+        std::fs::write(dest.join("fake-volume"), format!("{volume}\n"))?;
+        Ok(())
+    }
+}
+
+fn fake_checkpoint(c: &FakeCheckpoint, rec: &Record) -> Checkpoint {
+    Checkpoint {
+        tag: c.tag.clone(),
+        created_at: SystemTime::UNIX_EPOCH + Duration::from_secs(c.created_secs),
+        vm_state_bytes: rec.resources.memory_mib << 20,
+        volumes: rec.build.volumes.iter().map(|v| v.name.clone()).collect(),
+        bundle: Some(c.bundle.clone()),
     }
 }

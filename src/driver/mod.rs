@@ -105,6 +105,55 @@ impl fmt::Display for StopOutcome {
     }
 }
 
+/// One checkpoint of an instance: an internal snapshot (RAM, devices and disks together)
+/// inside the instance's qcow2 overlay and its volume disks.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Checkpoint {
+    /// Its tag.
+    pub tag: String,
+    /// When it was taken.
+    #[serde(with = "crate::state::record::rfc3339")]
+    pub created_at: std::time::SystemTime,
+    /// Bytes of saved VM state (RAM and devices).
+    pub vm_state_bytes: u64,
+    /// Names of the volumes it includes.
+    pub volumes: Vec<String>,
+    /// Bundle digest of the instance when it was taken.
+    pub bundle: Option<String>,
+}
+
+/// The tag prefix clawfarm keeps for itself (`clawfarm-suspend`).
+pub const RESERVED_TAG_PREFIX: &str = "clawfarm-";
+
+/// Check a checkpoint tag given by a user: 1-64 characters `[A-Za-z0-9._-]`, not starting
+/// with `-` or [`RESERVED_TAG_PREFIX`], and not all digits (QEMU would take it for a
+/// snapshot id).
+pub fn check_tag(tag: &str) -> Result<(), DriverError> {
+    let ok_chars = tag
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if tag.is_empty() || tag.len() > 64 || !ok_chars || tag.starts_with('-') {
+        anyhow::bail!(
+            "checkpoint tag {tag:?} must be 1-64 characters [A-Za-z0-9._-], not starting with '-'"
+        );
+    }
+    if tag.starts_with(RESERVED_TAG_PREFIX) {
+        anyhow::bail!("checkpoint tag {tag:?}: the prefix {RESERVED_TAG_PREFIX} is reserved");
+    }
+    if tag.chars().all(|c| c.is_ascii_digit()) {
+        anyhow::bail!("checkpoint tag {tag:?} must not be all digits");
+    }
+    Ok(())
+}
+
+/// A default checkpoint tag from the time: `YYYYmmdd-HHMMSS` (UTC).
+pub fn default_tag() -> String {
+    let t = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    t.trim_end_matches('Z')
+        .replace(['-', ':'], "")
+        .replace('T', "-")
+}
+
 /// A log file of an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogKind {
@@ -203,6 +252,31 @@ pub trait Driver: Send + Sync {
     /// The bytes a layer written by [`Driver::export_layer`] holds, as a (sparse) raw file
     /// at `raw`, for the secret scan.
     async fn layer_raw(&self, layer: &Path, raw: &Path) -> Result<(), DriverError>;
+    /// Take checkpoint `tag` of the running VM of `rec` (RAM, devices, disk and volumes);
+    /// the guest is paused only while the state is written. An existing tag is refused.
+    async fn checkpoint(&self, rec: &Record, tag: &str) -> Result<Checkpoint, DriverError>;
+
+    /// The checkpoints of `rec`, oldest first (its suspend state is not one).
+    async fn checkpoints(&self, rec: &Record) -> Result<Vec<Checkpoint>, DriverError>;
+
+    /// Put the VM of `rec` back to checkpoint `tag`, running (a stopped VM is started from
+    /// it). Returns the runtime; the guest is ready at once when it was at the checkpoint.
+    async fn restore(&self, rec: &Record, tag: &str) -> Result<Runtime, DriverError>;
+
+    /// Save the running state of `rec` and end its VM; the next [`Driver::start`] resumes
+    /// it. Suspending a suspended instance is fine.
+    async fn suspend(&self, rec: &Record) -> Result<Duration, DriverError>;
+
+    /// True when instance `clawid` has a saved state that `start` resumes.
+    fn suspended(&self, clawid: &str) -> bool;
+
+    /// Copy the files of volume `volume` of the stopped instance `rec` into folder `dest`.
+    async fn export_volume(
+        &self,
+        rec: &Record,
+        volume: &str,
+        dest: &std::path::Path,
+    ) -> Result<(), DriverError>;
 }
 
 /// The driver for `home`: the fake when `CLAWFARM_DRIVER=fake` (tests), else QEMU,

@@ -44,7 +44,7 @@ pub fn observe(home: &Home, driver: &dyn Driver) -> (Vec<Observed>, Vec<RecordEr
     (observed, errors)
 }
 
-/// Status of one observed instance (`booting`, `ready`, `unhealthy`, `stopped`,
+/// Status of one observed instance (`booting`, `ready`, `unhealthy`, `stopped`, `suspended`,
 /// `exited`, `creating`, `failed`) and its last error, with the guest's own report when
 /// it runs.
 pub fn status_of(driver: &dyn Driver, o: &Observed) -> (String, Option<String>) {
@@ -68,6 +68,7 @@ pub fn status_of(driver: &dyn Driver, o: &Observed) -> (String, Option<String>) 
             match r.phase {
                 Phase::Creating => "creating",
                 Phase::Failed => "failed",
+                _ if driver.suspended(&r.clawid) => "suspended",
                 _ => "stopped",
             }
             .into(),

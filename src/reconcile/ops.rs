@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use crate::driver::{Driver, Liveness, StopOutcome};
+use crate::driver::{Checkpoint, Driver, Liveness, StopOutcome};
 use crate::home::Home;
 use crate::observe::{LookupError, find_record};
 use crate::state::events::{Event, EventSink};
@@ -223,5 +223,113 @@ pub async fn remove(
         "ok",
         format!("{by}{}", if purge { " --purge" } else { "" }),
     ));
+    Ok(r)
+}
+
+/// Take checkpoint `tag` of a running instance (under its lock).
+pub async fn checkpoint(
+    home: &Home,
+    driver: &dyn Driver,
+    id: &str,
+    tag: &str,
+    by: &str,
+    on_wait: OnWait,
+) -> anyhow::Result<(Record, Checkpoint)> {
+    crate::driver::check_tag(tag)?;
+    let Locked {
+        _lock, record: r, ..
+    } = locked(home, id, on_wait).await?.readable()?;
+    let c = driver.checkpoint(&r, tag).await?;
+    EventSink::to_file(home.events_log()).emit(Event::new(
+        &r.clawid,
+        "checkpoint",
+        "ok",
+        format!("{by}: {tag}"),
+    ));
+    Ok((r, c))
+}
+
+/// The checkpoints of an instance, oldest first.
+pub async fn checkpoints(
+    home: &Home,
+    driver: &dyn Driver,
+    id: &str,
+) -> anyhow::Result<(Record, Vec<Checkpoint>)> {
+    let r = find_record(home, id)?;
+    let c = driver.checkpoints(&r).await?;
+    Ok((r, c))
+}
+
+/// Put an instance back to checkpoint `tag`, running; the record says booting (use
+/// [`wait_ready`]: a guest restored at a ready moment is ready at once).
+pub async fn restore(
+    home: &Home,
+    driver: &dyn Driver,
+    id: &str,
+    tag: &str,
+    by: &str,
+    on_wait: OnWait,
+) -> anyhow::Result<Record> {
+    let Locked {
+        _lock,
+        record: mut r,
+        ..
+    } = locked(home, id, on_wait).await?.readable()?;
+    if r.phase == Phase::Creating {
+        bail!(
+            "instance {} was never fully created; run clawfarm apply to finish it",
+            r.clawid
+        );
+    }
+    let rt = driver.restore(&r, tag).await?;
+    r.mark_booting(rt);
+    r.write(home)?;
+    EventSink::to_file(home.events_log()).emit(Event::new(
+        &r.clawid,
+        "restore",
+        "ok",
+        format!("{by}: {tag}"),
+    ));
+    Ok(r)
+}
+
+/// Save the running state of an instance and end its VM; `start` resumes it.
+pub async fn suspend(
+    home: &Home,
+    driver: &dyn Driver,
+    id: &str,
+    by: &str,
+    on_wait: OnWait,
+) -> anyhow::Result<(Record, std::time::Duration)> {
+    let Locked {
+        _lock,
+        record: mut r,
+        ..
+    } = locked(home, id, on_wait).await?.readable()?;
+    let took = driver.suspend(&r).await?;
+    r.mark_suspended(by);
+    r.write(home)?;
+    EventSink::to_file(home.events_log()).emit(Event::new(
+        &r.clawid,
+        "suspend",
+        "ok",
+        format!("{by} ({:.1}s)", took.as_secs_f64()),
+    ));
+    Ok((r, took))
+}
+
+/// Copy the files of volume `volume` of a stopped instance into folder `dest`.
+pub async fn export_volume(
+    home: &Home,
+    driver: &dyn Driver,
+    id: &str,
+    volume: &str,
+    dest: &std::path::Path,
+    on_wait: OnWait,
+) -> anyhow::Result<Record> {
+    let Locked {
+        _lock, record: r, ..
+    } = locked(home, id, on_wait).await?.readable()?;
+    driver.export_volume(&r, volume, dest).await?;
     Ok(r)
 }

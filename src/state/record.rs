@@ -364,6 +364,20 @@ impl Record {
         self.touch();
     }
 
+    /// The VM's running state was saved and the VM ended (`by` says who); the next start
+    /// resumes it. The phase is `stopped`; the `Ready` condition's reason says `Suspended`.
+    pub fn mark_suspended(&mut self, by: &str) {
+        self.phase = Phase::Stopped;
+        self.runtime.process = None;
+        self.set_condition(
+            "Ready",
+            "false",
+            "Suspended",
+            &format!("suspended by {by}; start resumes it"),
+        );
+        self.touch();
+    }
+
     /// Action `verb` failed with `message`. An instance still being created stays
     /// `creating` (the next pass finishes the create); any other becomes `failed`.
     pub fn mark_failed(&mut self, verb: &str, message: String) {

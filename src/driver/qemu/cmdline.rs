@@ -7,13 +7,17 @@ use super::accel::Accel;
 use super::layout::{InstanceFiles, opt_path};
 use crate::input::manifest::Port;
 
-/// 9p mount tag of the bundle payload (mounted read-only at `/opt/claw` in the guest).
-pub const PAYLOAD_TAG: &str = "claw";
+/// virtio-blk serial of the bundle payload disk (ext4, read-only; the guest mounts
+/// `/dev/disk/by-id/virtio-claw-payload` at `/opt/claw`). Serials are at most 20 bytes.
+pub const PAYLOAD_SERIAL: &str = "claw-payload";
 
-/// 9p mount tag of the `i`-th volume (`vol0`, `vol1`, …; tags are at most 31 characters,
-/// volume names may be longer).
-pub fn volume_tag(i: usize) -> String {
-    format!("vol{i}")
+/// Block node name of the instance disk (the qcow2 overlay): snapshots name it.
+pub const DISK_NODE: &str = "claw-disk";
+
+/// virtio-blk serial (and block node name) of the `i`-th volume disk: `claw-vol0`,
+/// `claw-vol1`, … (volume names may be longer than a serial allows).
+pub fn volume_serial(i: usize) -> String {
+    format!("claw-vol{i}")
 }
 
 /// Everything that varies between QEMU command lines.
@@ -35,10 +39,14 @@ pub struct QemuSpec {
     pub ports: Vec<Port>,
     /// Per-start nonce (fw_cfg), `[A-Za-z0-9]`.
     pub nonce: String,
-    /// Host folder of the bundle payload, shared read-only as [`PAYLOAD_TAG`].
+    /// The payload disk image (ext4, raw), attached read-only with serial
+    /// [`PAYLOAD_SERIAL`].
     pub payload: Option<PathBuf>,
-    /// `(tag, host folder)` of each volume, shared read-write.
+    /// `(serial, qcow2 file)` of each volume disk, attached read-write; the serial is also
+    /// the block node name.
     pub volumes: Vec<(String, PathBuf)>,
+    /// Start from this internal snapshot (`-loadvm`): a resume or a restore of a stopped VM.
+    pub loadvm: Option<String>,
 }
 
 impl QemuSpec {
@@ -72,13 +80,21 @@ impl QemuSpec {
             "-serial",
             format!("file:{}", opt_path(&f.serial_log())),
         );
+        // The boot disk is an explicit device with bootindex 0: `-device` disks (payload,
+        // volumes) get PCI slots before `-drive if=virtio` ones, and the firmware would
+        // otherwise try to boot the payload.
         kv(
             &mut a,
             "-drive",
             format!(
-                "if=virtio,format=qcow2,file={},discard=unmap",
+                "if=none,id=disk0,node-name={DISK_NODE},format=qcow2,file={},discard=unmap",
                 opt_path(&f.disk())
             ),
+        );
+        kv(
+            &mut a,
+            "-device",
+            "virtio-blk-pci,drive=disk0,bootindex=0".into(),
         );
         kv(
             &mut a,
@@ -105,25 +121,41 @@ impl QemuSpec {
             &f.status_log(),
             &self.nonce,
         ));
+        // Payload and volumes are virtio-blk disks found by serial in the guest: every
+        // cloud kernel has virtio-blk and ext4 (not all have 9p), and, unlike a mounted 9p
+        // share, disks do not block snapshots and migration.
         if let Some(p) = &self.payload {
             kv(
                 &mut a,
-                "-virtfs",
+                "-drive",
                 format!(
-                    "local,path={},mount_tag={PAYLOAD_TAG},security_model=none,readonly=on",
+                    "if=none,id=payload,format=raw,file={},readonly=on",
                     opt_path(p)
                 ),
             );
-        }
-        for (tag, p) in &self.volumes {
             kv(
                 &mut a,
-                "-virtfs",
+                "-device",
+                format!("virtio-blk-pci,drive=payload,serial={PAYLOAD_SERIAL}"),
+            );
+        }
+        for (serial, p) in &self.volumes {
+            kv(
+                &mut a,
+                "-drive",
                 format!(
-                    "local,path={},mount_tag={tag},security_model=none",
+                    "if=none,id=drive-{serial},node-name={serial},format=qcow2,file={},discard=unmap",
                     opt_path(p)
                 ),
             );
+            kv(
+                &mut a,
+                "-device",
+                format!("virtio-blk-pci,drive=drive-{serial},serial={serial}"),
+            );
+        }
+        if let Some(tag) = &self.loadvm {
+            kv(&mut a, "-loadvm", tag.clone());
         }
         kv(
             &mut a,
@@ -195,6 +227,7 @@ mod tests {
             nonce: "n0nce".into(),
             payload: None,
             volumes: vec![],
+            loadvm: None,
         }
     }
 
@@ -227,8 +260,9 @@ mod tests {
                     ("-serial", "file:/h/claws/demo-abc123/serial.log"),
                     (
                         "-drive",
-                        "if=virtio,format=qcow2,file=/h/claws/demo-abc123/disk.qcow2,discard=unmap",
+                        "if=none,id=disk0,node-name=claw-disk,format=qcow2,file=/h/claws/demo-abc123/disk.qcow2,discard=unmap",
                     ),
+                    ("-device", "virtio-blk-pci,drive=disk0,bootindex=0"),
                     (
                         "-drive",
                         "if=virtio,format=raw,file=/h/claws/demo-abc123/seed.img,readonly=on",
@@ -241,7 +275,7 @@ mod tests {
                     ("-fw_cfg", "name=opt/org.clawfarm/boot,string=n0nce"),
                     (
                         "-chardev",
-                        "file,id=clawstatus,path=/h/claws/demo-abc123/status.log",
+                        "file,id=clawstatus,path=/h/claws/demo-abc123/status.log,append=on",
                     ),
                     (
                         "-device",
@@ -283,31 +317,54 @@ mod tests {
                 virtfs: 0,
             },
             Case {
-                name: "payload read-only, volumes read-write",
+                name: "payload a read-only disk, volumes read-write qcow2 disks, no 9p",
                 edit: |s| {
-                    s.payload = Some("/h/bundles/d1/claw".into());
+                    s.payload = Some("/h/claws/demo-abc123/payload.img".into());
                     s.volumes = vec![
-                        ("vol0".into(), "/h/volumes/demo-abc123/data".into()),
-                        ("vol1".into(), "/h/volumes/demo-abc123/odd,name".into()),
+                        (
+                            "claw-vol0".into(),
+                            "/h/volumes/demo-abc123/data.qcow2".into(),
+                        ),
+                        (
+                            "claw-vol1".into(),
+                            "/h/volumes/demo-abc123/odd,name.qcow2".into(),
+                        ),
                     ];
                 },
                 want: &[
                     (
-                        "-virtfs",
-                        "local,path=/h/bundles/d1/claw,mount_tag=claw,security_model=none,readonly=on",
+                        "-drive",
+                        "if=none,id=payload,format=raw,file=/h/claws/demo-abc123/payload.img,readonly=on",
                     ),
                     (
-                        "-virtfs",
-                        "local,path=/h/volumes/demo-abc123/data,mount_tag=vol0,security_model=none",
+                        "-device",
+                        "virtio-blk-pci,drive=payload,serial=claw-payload",
+                    ),
+                    (
+                        "-drive",
+                        "if=none,id=drive-claw-vol0,node-name=claw-vol0,format=qcow2,\
+                         file=/h/volumes/demo-abc123/data.qcow2,discard=unmap",
+                    ),
+                    (
+                        "-device",
+                        "virtio-blk-pci,drive=drive-claw-vol0,serial=claw-vol0",
                     ),
                     // Commas in paths are doubled (QEMU option syntax).
                     (
-                        "-virtfs",
-                        "local,path=/h/volumes/demo-abc123/odd,,name,mount_tag=vol1,security_model=none",
+                        "-drive",
+                        "if=none,id=drive-claw-vol1,node-name=claw-vol1,format=qcow2,\
+                         file=/h/volumes/demo-abc123/odd,,name.qcow2,discard=unmap",
                     ),
                 ],
+                absent: &["-virtfs", "-loadvm"],
+                virtfs: 0,
+            },
+            Case {
+                name: "a resume starts from the saved state",
+                edit: |s| s.loadvm = Some("clawfarm-suspend".into()),
+                want: &[("-loadvm", "clawfarm-suspend")],
                 absent: &[],
-                virtfs: 3,
+                virtfs: 0,
             },
             Case {
                 name: "memory and cpus have floors",

@@ -194,6 +194,7 @@ pub async fn scrub(
         nonce: "export".into(),
         payload: None,
         volumes: Vec::new(),
+        loadvm: None,
     };
     let log = std::fs::File::create(files.qemu_log())
         .with_context(|| format!("cannot create {}", files.qemu_log().display()))?;

@@ -7,12 +7,13 @@
 //!
 //! ```text
 //! -device virtio-serial-pci
-//! -chardev file,id=clawstatus,path=<dir>/status.log
+//! -chardev file,id=clawstatus,path=<dir>/status.log,append=on
 //! -device virtserialport,chardev=clawstatus,name=org.clawfarm.status
 //! -fw_cfg name=opt/org.clawfarm/boot,string=<nonce>
 //! ```
 //!
-//! (see [`qemu_status_args`]). QEMU truncates `status.log` on each start. The guest writes
+//! (see [`qemu_status_args`]). QEMU appends to `status.log` (the driver moves it aside at
+//! a cold boot and keeps it at a resume, whose guest goes on with the nonce it booted with). The guest writes
 //! JSON lines to `/dev/virtio-ports/org.clawfarm.status` and echoes each one to `/dev/ttyS0`
 //! prefixed with `CLAWFARM-STATUS `, so [`read_status`] also works on a serial log.
 //!
@@ -23,7 +24,7 @@
 //! ```
 //!
 //! Phases per boot, in order: `cloud-init` (`started` from cloud-init's `bootcmd`; `ok` or
-//! `failed` once cloud-init's final stage is over), `mount` (only when there are 9p shares),
+//! `failed` once cloud-init's final stage is over), `mount` (only when there is a payload or a volume),
 //! `install` (first boot of an instance, until it succeeds), `start` (every boot),
 //! `provision` with `step` 0, 1, … (once per instance each), then `done` `ok`. Phases that
 //! already succeeded for this instance are skipped silently. The first `failed` ends the
@@ -54,7 +55,7 @@ pub fn qemu_status_args(status_log: &Path, nonce: &str) -> Vec<String> {
         "virtio-serial-pci".into(),
         "-chardev".into(),
         format!(
-            "file,id=clawstatus,path={}",
+            "file,id=clawstatus,path={},append=on",
             status_log.display().to_string().replace(',', ",,")
         ),
         "-device".into(),
@@ -360,7 +361,7 @@ mod tests {
         let a = qemu_status_args(Path::new("/x/status.log"), "n1");
         assert_eq!(
             a.join(" "),
-            "-device virtio-serial-pci -chardev file,id=clawstatus,path=/x/status.log \
+            "-device virtio-serial-pci -chardev file,id=clawstatus,path=/x/status.log,append=on \
              -device virtserialport,chardev=clawstatus,name=org.clawfarm.status \
              -fw_cfg name=opt/org.clawfarm/boot,string=n1"
         );

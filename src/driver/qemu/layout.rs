@@ -1,5 +1,5 @@
-//! The files of one instance folder, `<home>/claws/<CLAWID>/`, and the host folders of its
-//! volumes, `<home>/volumes/<CLAWID>/<volume>/` (outside the instance folder, so `rm`
+//! The files of one instance folder, `<home>/claws/<CLAWID>/`, and the disks of its
+//! volumes, `<home>/volumes/<CLAWID>/<volume>.qcow2` (outside the instance folder, so `rm`
 //! without `--purge` keeps them). See `rfc/005-qemu-driver.md`.
 //!
 //! ```text
@@ -8,6 +8,10 @@
 //!   disk.qcow2         qcow2 overlay; backing file = blobs/<sha256> of the run or base image
 //!   seed.img           cloud-init NoCloud seed (FAT, label CIDATA), 0600
 //!   seed.id            cloud-init instance id of seed.img (content digest)
+//!   payload.img        the bundle's claw/ payload as a read-only ext4 disk (raw)
+//!   payload.id         digest of the payload tree payload.img was built from
+//!   suspend.json       a suspended VM: the snapshot tag and boot nonce to resume with
+//!   checkpoints/<tag>.json  what a checkpoint needs besides its snapshot (nonce, status)
 //!   id_ed25519{,.pub}  login key of user claw, 0600
 //!   host_ed25519{,.pub} the guest's sshd host key (pinned), 0600
 //!   known_hosts        `[127.0.0.1]:<ssh port> ssh-ed25519 …`, rewritten at each start
@@ -69,6 +73,21 @@ impl InstanceFiles {
         /// The instance id of the seed image on disk.
         seed_id, "seed.id");
     file!(
+        /// The payload disk image (ext4, raw, read-only in the guest).
+        payload_img, "payload.img");
+    file!(
+        /// Digest of the payload tree `payload.img` was built from.
+        payload_id, "payload.id");
+    file!(
+        /// A suspended VM's resume data.
+        suspend, "suspend.json");
+    file!(
+        /// Metadata of the checkpoints (one JSON file per tag).
+        checkpoints_dir, "checkpoints");
+    file!(
+        /// Guest status lines of the boot before (a cold boot moves `status.log` here).
+        status_prev_log, "status.prev.log");
+    file!(
         /// Login key of user `claw`.
         key, "id_ed25519");
     file!(
@@ -112,7 +131,13 @@ impl InstanceFiles {
     }
 }
 
-/// `<home>/volumes/<CLAWID>/`: the host folders of an instance's volumes.
+/// `<home>/volumes/<CLAWID>/<name>.qcow2`: the disk of volume `name`.
+pub fn volume_disk(home: &Home, clawid: &str, name: &str) -> PathBuf {
+    volumes_dir(home, clawid).join(format!("{name}.qcow2"))
+}
+
+/// `<home>/volumes/<CLAWID>/`: the disks of an instance's volumes (and, from before
+/// volumes were disks, their host folders, which seed a new volume disk once).
 pub fn volumes_dir(home: &Home, clawid: &str) -> PathBuf {
     let d = home.root().join("volumes").join(clawid);
     std::path::absolute(&d).unwrap_or(d)

@@ -12,12 +12,14 @@
 
 pub mod accel;
 pub mod cmdline;
+pub mod disks;
 pub mod export;
 pub mod guest;
 pub mod layout;
 pub mod procfs;
 pub mod qmp;
 pub mod seed;
+pub mod snapshot;
 pub mod sshkeys;
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -33,14 +35,14 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use self::accel::{Accel, AccelChoice, AccelMode};
-use self::cmdline::{PAYLOAD_TAG, QemuSpec, parse_args, volume_tag};
-use self::layout::{InstanceFiles, volumes_dir};
+use self::cmdline::{PAYLOAD_SERIAL, QemuSpec, parse_args, volume_serial};
+use self::layout::{InstanceFiles, volume_disk, volumes_dir};
 use self::qmp::Qmp;
 use self::seed::SeedInput;
 use crate::desired::{BundleDesired, DesiredInstance, gateway_port};
 use crate::driver::boot::GuestStatus;
 use crate::driver::{
-    Driver, DriverError, ExportFigures, GuestHealth, Liveness, LogKind, StopOutcome,
+    Checkpoint, Driver, DriverError, ExportFigures, GuestHealth, Liveness, LogKind, StopOutcome,
 };
 use crate::home::Home;
 use crate::input::clawspec::Image;
@@ -302,12 +304,12 @@ impl QemuDriver {
                     script: s.script.clone(),
                 })
                 .collect(),
-            payload_tag: payload.then(|| PAYLOAD_TAG.to_string()),
+            payload_serial: payload.then(|| PAYLOAD_SERIAL.to_string()),
             volumes: inst
                 .volumes
                 .iter()
                 .enumerate()
-                .map(|(i, v)| (volume_tag(i), v.guest_path.clone()))
+                .map(|(i, v)| (volume_serial(i), v.guest_path.clone()))
                 .collect(),
             ca_certs: match &self.cfg.guest_ca_certs {
                 Some(p) => {
@@ -331,13 +333,15 @@ impl QemuDriver {
         Ok(input)
     }
 
-    fn spec_for(&self, rec: &Record, accel: Accel, ssh_port: u16, nonce: &str) -> QemuSpec {
-        let payload = self
-            .home
-            .bundle_dir(&rec.build.bundle)
-            .join(crate::store::bundle::PAYLOAD_DIR);
-        let payload = std::path::absolute(&payload).unwrap_or(payload);
-        let vdir = volumes_dir(&self.home, &rec.clawid);
+    fn spec_for(
+        &self,
+        rec: &Record,
+        accel: Accel,
+        ssh_port: u16,
+        nonce: &str,
+        loadvm: Option<&str>,
+    ) -> QemuSpec {
+        let payload = self.files(&rec.clawid).payload_img();
         QemuSpec {
             clawid: rec.clawid.clone(),
             files: self.files(&rec.clawid),
@@ -347,32 +351,47 @@ impl QemuDriver {
             ssh_port,
             ports: rec.resources.ports.clone(),
             nonce: nonce.to_string(),
-            payload: payload.is_dir().then_some(payload),
+            payload: payload.is_file().then_some(payload),
             volumes: rec
                 .build
                 .volumes
                 .iter()
                 .enumerate()
-                .map(|(i, v)| (volume_tag(i), vdir.join(&v.name)))
+                .map(|(i, v)| {
+                    (
+                        volume_serial(i),
+                        volume_disk(&self.home, &rec.clawid, &v.name),
+                    )
+                })
                 .collect(),
+            loadvm: loadvm.map(str::to_string),
         }
     }
 
     /// Spawn QEMU detached (own session, stdio to `qemu.log`) and wait until its QMP
-    /// socket answers, or it exits.
+    /// socket answers, or it exits. `resume` is `(snapshot tag, boot nonce)` to start from
+    /// a saved state (`-loadvm`) instead of a cold boot.
     async fn launch_once(
         &self,
         rec: &Record,
         choice: &AccelChoice,
         ssh_port: u16,
+        resume: Option<(&str, &str)>,
     ) -> Result<(Runtime, Spawned), LaunchError> {
         let files = self.files(&rec.clawid);
-        let nonce = guest::new_nonce();
-        let spec = self.spec_for(rec, choice.accel, ssh_port, &nonce);
-        for (_, dir) in &spec.volumes {
-            fsutil::create_dir_mode(dir, 0o755)
-                .with_context(|| format!("cannot create volume folder {}", dir.display()))
-                .map_err(LaunchError::Other)?;
+        let nonce = match resume {
+            Some((_, n)) => n.to_string(),
+            None => guest::new_nonce(),
+        };
+        let spec = self.spec_for(rec, choice.accel, ssh_port, &nonce, resume.map(|r| r.0));
+        for (_, disk) in &spec.volumes {
+            if !disk.is_file() {
+                return Err(LaunchError::Other(anyhow::anyhow!(
+                    "instance {} has no volume disk {}",
+                    rec.clawid,
+                    disk.display()
+                )));
+            }
         }
         let args = spec.args();
         let other = |e: anyhow::Error| LaunchError::Other(e);
@@ -387,6 +406,11 @@ impl QemuDriver {
             .map_err(other)?;
         // Keep the serial console of the previous boot; QEMU truncates serial.log.
         let _ = std::fs::rename(files.serial_log(), files.serial_prev_log());
+        if resume.is_none() {
+            // A cold boot starts a fresh status log (QEMU appends); a resumed guest goes on
+            // with the boot, and the lines, it had.
+            let _ = std::fs::rename(files.status_log(), files.status_prev_log());
+        }
 
         let log_path = files.qemu_log();
         let mut log = std::fs::OpenOptions::new()
@@ -477,11 +501,12 @@ impl QemuDriver {
         &self,
         rec: &Record,
         choice: &AccelChoice,
+        resume: Option<(&str, &str)>,
     ) -> anyhow::Result<(Runtime, Spawned)> {
         let mut last = String::new();
         for _ in 0..3 {
             let port = free_port().context("cannot find a free port on 127.0.0.1")?;
-            match self.launch_once(rec, choice, port).await {
+            match self.launch_once(rec, choice, port, resume).await {
                 Ok(v) => return Ok(v),
                 Err(LaunchError::Other(e)) => return Err(e),
                 Err(LaunchError::Exited(st, text)) => {
@@ -506,6 +531,21 @@ impl QemuDriver {
             "QEMU of {} could not bind an SSH port on 127.0.0.1: {last}",
             rec.clawid
         )
+    }
+
+    /// Start the VM of `rec` from internal snapshot `tag` (`-loadvm`), with the boot nonce
+    /// its guest runs with.
+    pub(crate) async fn start_from(
+        &self,
+        rec: &Record,
+        tag: &str,
+        nonce: &str,
+    ) -> anyhow::Result<Runtime> {
+        let files = self.files(&rec.clawid);
+        clean_stale(&files);
+        let choice = accel::choose(&self.home, self.cfg.accel, &self.cfg.qemu).await;
+        let (rt, _) = self.launch(rec, &choice, Some((tag, nonce))).await?;
+        Ok(rt)
     }
 
     /// Watch an `auto`-chosen KVM start: `Err(why)` when the guest stays silent, QEMU
@@ -600,6 +640,8 @@ impl QemuDriver {
             &format!("[{}] clawfarm: stopped: {outcome}", now_rfc3339()),
         );
         clean_stale(&files);
+        // The VM ran past any saved suspend state: resuming it would lose that.
+        let _ = std::fs::remove_file(files.suspend());
         Ok(outcome)
     }
 
@@ -715,11 +757,36 @@ impl Driver for QemuDriver {
             })
             .await??;
         }
+        // The payload as a read-only ext4 disk (rebuilt when the bundle changes).
+        let payload = self
+            .home
+            .bundle_dir(&inst.bundle.digest)
+            .join(crate::store::bundle::PAYLOAD_DIR);
+        if payload.is_dir() {
+            let (img, id_file, digest) = (
+                files.payload_img(),
+                files.payload_id(),
+                inst.bundle.digest.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                disks::ensure_payload_image(&payload, &img, &id_file, &digest)
+            })
+            .await??;
+        } else {
+            let _ = std::fs::remove_file(files.payload_img());
+        }
+        // Volume disks: made once, kept by `rm` without `--purge`.
         let vdir = volumes_dir(&self.home, &inst.clawid);
+        fsutil::create_dir_mode(&vdir, 0o700)
+            .with_context(|| format!("cannot create {}", vdir.display()))?;
         for v in &inst.volumes {
-            let d = vdir.join(&v.name);
-            fsutil::create_dir_mode(&d, 0o755)
-                .with_context(|| format!("cannot create volume folder {}", d.display()))?;
+            let disk = volume_disk(&self.home, &inst.clawid, &v.name);
+            let old_folder = vdir.join(&v.name);
+            let (qemu_img, name) = (self.cfg.qemu_img.clone(), v.name.clone());
+            tokio::task::spawn_blocking(move || {
+                disks::ensure_volume(&qemu_img, &disk, &name, Some(&old_folder))
+            })
+            .await??;
         }
         Ok(())
     }
@@ -727,6 +794,22 @@ impl Driver for QemuDriver {
     async fn start(&self, rec: &Record) -> Result<Runtime, DriverError> {
         let files = self.files(&rec.clawid);
         if let Some(rt) = self.runtime_of(rec) {
+            // clawfarm pauses a VM only while it suspends it: a paused VM found here is a
+            // suspend (or a checkpoint) interrupted by a crash of clawfarm. It goes on; a
+            // saved suspend state is stale.
+            if let Ok(mut q) = self.qmp(&rec.clawid).await
+                && q.query_status().await.is_ok_and(|s| s == "paused")
+            {
+                let _ = q.execute("cont", None).await;
+                append_log(
+                    &files.qemu_log(),
+                    &format!(
+                        "[{}] clawfarm: found the VM paused (interrupted suspend); continued",
+                        now_rfc3339()
+                    ),
+                );
+            }
+            let _ = std::fs::remove_file(files.suspend());
             // Adopt: never a second QEMU for one instance.
             if read_runtime(&files).as_ref() != Some(&rt) {
                 write_runtime(&files, &rt)?;
@@ -747,8 +830,33 @@ impl Driver for QemuDriver {
             );
         }
         clean_stale(&files);
+        if let Some(st) = snapshot::read_suspend(&files) {
+            let why = match self.resumable(rec, &st) {
+                Ok(()) => match self.start_from(rec, &st.tag, &st.nonce).await {
+                    Ok(rt) => {
+                        self.forget_suspend(rec).await;
+                        self.fix_clock(rec);
+                        append_log(
+                            &files.qemu_log(),
+                            &format!("[{}] clawfarm: resumed the suspended VM", now_rfc3339()),
+                        );
+                        return Ok(rt);
+                    }
+                    Err(e) => format!("{e:#}"),
+                },
+                Err(why) => why,
+            };
+            let msg = format!("the suspended state is unusable ({why}); cold boot instead");
+            tracing::warn!("instance {}: {msg}", rec.clawid);
+            append_log(
+                &files.qemu_log(),
+                &format!("[{}] clawfarm: {msg}", now_rfc3339()),
+            );
+            let _ = std::fs::remove_file(files.suspend());
+            clean_stale(&files);
+        }
         let choice = accel::choose(&self.home, self.cfg.accel, &self.cfg.qemu).await;
-        let (rt, spawned) = self.launch(rec, &choice).await?;
+        let (rt, spawned) = self.launch(rec, &choice, None).await?;
         if !(choice.watch && choice.accel == Accel::Kvm) {
             return Ok(rt);
         }
@@ -775,7 +883,7 @@ impl Driver for QemuDriver {
             watch: false,
             key: choice.key.clone(),
         };
-        let (rt, _) = self.launch(rec, &tcg).await?;
+        let (rt, _) = self.launch(rec, &tcg, None).await?;
         Ok(rt)
     }
 
@@ -869,6 +977,9 @@ impl Driver for QemuDriver {
         remove_tree(&files.dir)?;
         if purge {
             remove_tree(&volumes_dir(&self.home, clawid))?;
+        } else {
+            // Kept volumes lose the snapshots of the removed instance's checkpoints.
+            self.drop_volume_snapshots(clawid);
         }
         Ok(())
     }
@@ -1021,6 +1132,56 @@ impl Driver for QemuDriver {
             raw.to_path_buf(),
         );
         tokio::task::spawn_blocking(move || export::to_raw(&qi, &layer, &raw)).await?
+    }
+
+    async fn checkpoint(&self, rec: &Record, tag: &str) -> Result<Checkpoint, DriverError> {
+        self.checkpoint_of(rec, tag).await
+    }
+
+    async fn checkpoints(&self, rec: &Record) -> Result<Vec<Checkpoint>, DriverError> {
+        self.checkpoints_of(rec)
+    }
+
+    async fn restore(&self, rec: &Record, tag: &str) -> Result<Runtime, DriverError> {
+        self.restore_of(rec, tag).await
+    }
+
+    async fn suspend(&self, rec: &Record) -> Result<Duration, DriverError> {
+        self.suspend_of(rec).await
+    }
+
+    fn suspended(&self, clawid: &str) -> bool {
+        snapshot::read_suspend(&self.files(clawid)).is_some()
+    }
+
+    async fn export_volume(
+        &self,
+        rec: &Record,
+        volume: &str,
+        dest: &Path,
+    ) -> Result<(), DriverError> {
+        if !rec.build.volumes.iter().any(|v| v.name == volume) {
+            let names: Vec<&str> = rec.build.volumes.iter().map(|v| v.name.as_str()).collect();
+            bail!(
+                "instance {} has no volume {volume:?} (it has: {})",
+                rec.clawid,
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
+            );
+        }
+        if let Some(p) = self.running(&rec.clawid, Some(rec)) {
+            bail!(
+                "instance {} is running (QEMU pid {}); stop it first, its volume may be mid-write",
+                rec.clawid,
+                p.pid
+            );
+        }
+        let disk = volume_disk(&self.home, &rec.clawid, volume);
+        let (qemu_img, dest) = (self.cfg.qemu_img.clone(), dest.to_owned());
+        tokio::task::spawn_blocking(move || disks::export_volume(&qemu_img, &disk, &dest)).await?
     }
 }
 

@@ -165,6 +165,12 @@ impl Qmp {
         &self.path
     }
 
+    /// Set the time allowed for each later command round trip (snapshot jobs answer late
+    /// while the guest's state is written).
+    pub fn set_command_timeout(&mut self, t: Duration) {
+        self.command_timeout = t;
+    }
+
     fn protocol(&self, detail: String) -> QmpError {
         QmpError::Protocol {
             path: self.path.clone(),

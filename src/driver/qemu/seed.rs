@@ -20,7 +20,8 @@
 //! | `/usr/local/lib/clawfarm/{install,start,provision-N}.sh` | the scripts, root 0700 |
 //! | `/usr/local/lib/clawfarm/clawfarm-runner.py` | the phase runner |
 //! | `/etc/systemd/system/clawfarm-bootstrap.service` | runs the runner on every boot, after `cloud-final` (wanted by `cloud-init.target`) |
-//! | `/opt/claw` | the payload 9p share (read-only), when [`SeedInput::payload_tag`] is set |
+//! | `/opt/claw` | the payload disk (ext4, read-only, found by its virtio serial), when [`SeedInput::payload_serial`] is set |
+//! | each volume's guest path | the volume disk (ext4, read-write, found by its virtio serial) |
 //! | `/var/log/clawfarm/<phase>.log` | output of each phase (`install`, `start`, `provision-N`, `mount`, `cloud-init`), root 0600 |
 //! | `/var/lib/clawfarm/state/<instance-id>/` | markers of the once-per-instance phases that succeeded |
 //!
@@ -100,9 +101,10 @@ pub struct SeedInput {
     pub start_script: String,
     /// Run once per instance each, in order, after `start`.
     pub provision: Vec<ProvisionStep>,
-    /// 9p mount tag of the bundle payload, mounted read-only at [`PAYLOAD_MOUNT`].
-    pub payload_tag: Option<String>,
-    /// Extra 9p shares as `(mount tag, absolute guest path)`, mounted read-write.
+    /// virtio-blk serial of the payload disk (ext4), mounted read-only at [`PAYLOAD_MOUNT`].
+    pub payload_serial: Option<String>,
+    /// Volume disks (ext4) as `(virtio-blk serial, absolute guest path)`, mounted
+    /// read-write.
     pub volumes: Vec<(String, String)>,
     /// Extra CA certificates (PEM) the guest trusts (system store via `update-ca-certificates`), for TLS through
     /// an intercepting proxy. Also exported to every phase as `NODE_EXTRA_CA_CERTS`.
@@ -124,7 +126,7 @@ impl std::fmt::Debug for SeedInput {
             .field("install_script", &self.install_script)
             .field("start_script", &self.start_script)
             .field("provision", &self.provision)
-            .field("payload_tag", &self.payload_tag)
+            .field("payload_serial", &self.payload_serial)
             .field("volumes", &self.volumes)
             .field("ca_certs", &self.ca_certs.len())
             .field(
@@ -145,14 +147,14 @@ fn is_shell_name(k: &str) -> bool {
         && cs.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
-fn is_tag(t: &str) -> bool {
+fn is_serial(t: &str) -> bool {
     !t.is_empty()
-        && t.len() <= 31
+        && t.len() <= 20
         && t.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-/// Check that `input` can be written as a seed: hostname, param names, 9p tags and guest
+/// Check that `input` can be written as a seed: hostname, param names, disk serials and guest
 /// paths, keys present. [`build_seed_image`] calls it.
 pub fn validate(input: &SeedInput) -> io::Result<()> {
     let h = &input.hostname;
@@ -203,16 +205,16 @@ pub fn validate(input: &SeedInput) -> io::Result<()> {
         ));
     }
     let mut mounts = Vec::new();
-    if let Some(t) = &input.payload_tag {
+    if let Some(t) = &input.payload_serial {
         mounts.push((t.as_str(), PAYLOAD_MOUNT));
     }
     for (t, p) in &input.volumes {
         mounts.push((t.as_str(), p.as_str()));
     }
     for (t, p) in &mounts {
-        if !is_tag(t) {
+        if !is_serial(t) {
             return Err(invalid(format!(
-                "seed: 9p mount tag {t:?} must be 1-31 characters [A-Za-z0-9._-]"
+                "seed: disk serial {t:?} must be 1-20 characters [A-Za-z0-9._-]"
             )));
         }
         if !p.starts_with('/')
@@ -333,17 +335,17 @@ pub fn render_runner_config(input: &SeedInput) -> String {
         }));
     }
     let mut mounts = Vec::new();
-    if let Some(t) = &input.payload_tag {
-        mounts.push(json!({"tag": t, "path": PAYLOAD_MOUNT, "readonly": true}));
+    if let Some(t) = &input.payload_serial {
+        mounts.push(json!({"serial": t, "path": PAYLOAD_MOUNT, "readonly": true}));
     }
     for (t, p) in &input.volumes {
-        mounts.push(json!({"tag": t, "path": p, "readonly": false}));
+        mounts.push(json!({"serial": t, "path": p, "readonly": false}));
     }
     let cfg = json!({
         "version": 1,
         "instance_id": input.instance_id,
         "params_env": PARAMS_ENV_PATH,
-        "payload": input.payload_tag.as_ref().map(|_| PAYLOAD_MOUNT),
+        "payload": input.payload_serial.as_ref().map(|_| PAYLOAD_MOUNT),
         "mounts": mounts,
         "phases": phases,
     });
@@ -763,7 +765,7 @@ mod tests {
                     script: "print('p1')".into(),
                 },
             ],
-            payload_tag: Some("claw".into()),
+            payload_serial: Some("claw-payload".into()),
             volumes: vec![("data".into(), "/srv/data".into())],
             ..SeedInput::default()
         };
@@ -872,7 +874,8 @@ mod tests {
         assert_eq!(cfg["phases"][3]["shell"], "/usr/bin/env python3");
         assert_eq!(cfg["mounts"][0]["path"], "/opt/claw");
         assert_eq!(cfg["mounts"][0]["readonly"], true);
-        assert_eq!(cfg["mounts"][1]["tag"], "data");
+        assert_eq!(cfg["mounts"][1]["serial"], "data");
+        assert_eq!(cfg["mounts"][0]["serial"], "claw-payload");
         assert!(
             v["bootcmd"][0]
                 .as_str()
@@ -1022,7 +1025,8 @@ mod tests {
             |s| s.instance_id = String::new(),
             |s| s.params.push(("1BAD".into(), Secret::new("x"))),
             |s| s.params.push(("A-B".into(), Secret::new("x"))),
-            |s| s.payload_tag = Some("has space".into()),
+            |s| s.payload_serial = Some("has space".into()),
+            |s| s.payload_serial = Some("a-serial-longer-than-20".into()),
             |s| s.volumes.push(("v".into(), "relative".into())),
             |s| s.volumes.push(("v".into(), "/a/../b".into())),
             |s| s.ssh_authorized_key = String::new(),
