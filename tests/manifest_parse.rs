@@ -570,6 +570,66 @@ fn volumes() {
     );
 }
 
+/// A volume must never shadow the payload, the guest's system folders, or the state that
+/// cloud-init, the runner and `ssh` rely on: not on them, inside them, or above them.
+#[test]
+fn volumes_never_hide_the_payload_or_system_folders() {
+    let cases = [
+        (
+            "/opt/claw",
+            "\"/opt/claw\" is reserved: the bundle's payload is mounted there",
+        ),
+        (
+            "/opt/claw/sub",
+            "\"/opt/claw/sub\" lies inside /opt/claw, which is reserved: the bundle's payload is mounted there",
+        ),
+        (
+            "/opt",
+            "\"/opt\" would hide /opt/claw, which is reserved: the bundle's payload is mounted there",
+        ),
+        (
+            "/etc",
+            "\"/etc\" is reserved: the guest's system configuration",
+        ),
+        (
+            "//etc/./ssh/",
+            "\"/etc/ssh\" lies inside /etc, which is reserved: the guest's system configuration",
+        ),
+        (
+            "/var",
+            "\"/var\" would hide /var/lib/cloud, which is reserved: cloud-init's state",
+        ),
+        (
+            "/home/claw",
+            "\"/home/claw\" would hide /home/claw/.ssh, which is reserved: the claw user's SSH keys",
+        ),
+        (
+            "/usr/local",
+            "\"/usr/local\" lies inside /usr, which is reserved: the guest's system files",
+        ),
+    ];
+    for (path, why) in cases {
+        one(
+            &doc(&format!(
+                "  volumes: [{{name: a, guestPath: \"{path}\"}}]\n"
+            )),
+            &format!("7:34: spec.volumes[0].guestPath: {why}"),
+        );
+    }
+    // Near misses are fine: a prefix that is not a parent, and ordinary data folders.
+    for path in [
+        "/opt/clawdata",
+        "/etcetera",
+        "/var/lib/agent",
+        "/home/claw/work",
+        "/srv/data",
+    ] {
+        let text = doc(&format!("  volumes: [{{name: a, guestPath: {path}}}]\n"));
+        let claws = parse_str(Path::new(FILE), &text).unwrap_or_else(|d| panic!("{path}: {d:?}"));
+        assert_eq!(claws[0].volumes[0].guest_path, path);
+    }
+}
+
 #[test]
 fn yaml_syntax_errors() {
     one(

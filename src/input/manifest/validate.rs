@@ -888,7 +888,48 @@ pub(super) fn normalize_guest_path(g: &str) -> Result<String, String> {
     if out.is_empty() {
         return Err("must not be the root folder /".into());
     }
+    if let Some((reserved, why)) = RESERVED_GUEST_PATHS
+        .iter()
+        .find(|(r, _)| is_within(&out, r) || is_within(r, &out))
+    {
+        return Err(if out == *reserved {
+            format!("\"{out}\" is reserved: {why}")
+        } else if is_within(&out, reserved) {
+            format!("\"{out}\" lies inside {reserved}, which is reserved: {why}")
+        } else {
+            format!("\"{out}\" would hide {reserved}, which is reserved: {why}")
+        });
+    }
     Ok(out)
+}
+
+/// Guest folders a volume may not be mounted on, inside or above, with the reason.
+///
+/// A volume there would hide or replace the guest's system files, the payload, or state that
+/// cloud-init and the clawfarm runner need to boot the instance and let `ssh` in.
+pub const RESERVED_GUEST_PATHS: &[(&str, &str)] = &[
+    ("/etc", "the guest's system configuration"),
+    ("/usr", "the guest's system files"),
+    ("/bin", "the guest's system files"),
+    ("/sbin", "the guest's system files"),
+    ("/lib", "the guest's system files"),
+    ("/lib32", "the guest's system files"),
+    ("/lib64", "the guest's system files"),
+    ("/libx32", "the guest's system files"),
+    ("/boot", "the guest's kernel and bootloader"),
+    ("/dev", "a kernel file system"),
+    ("/proc", "a kernel file system"),
+    ("/sys", "a kernel file system"),
+    ("/run", "a runtime file system"),
+    ("/var/lib/cloud", "cloud-init's state"),
+    ("/var/lib/clawfarm", "the clawfarm runner's state"),
+    ("/opt/claw", "the bundle's payload is mounted there"),
+    ("/home/claw/.ssh", "the claw user's SSH keys"),
+];
+
+/// Whether `path` is `base` or lies below it (both normalized, absolute).
+fn is_within(path: &str, base: &str) -> bool {
+    path == base || (path.starts_with(base) && path.as_bytes().get(base.len()) == Some(&b'/'))
 }
 
 /// Parse a memory size into MiB and check it is within [`MEMORY_MIB_RANGE`].
