@@ -25,12 +25,29 @@ pub const HOME_ENV: &str = "CLAWFARM_HOME";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Home {
     root: PathBuf,
+    read_only: bool,
 }
 
 impl Home {
     /// Use `root` as the runtime root (not created until [`Home::ensure`]).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Home { root: root.into() }
+        Home {
+            root: root.into(),
+            read_only: false,
+        }
+    }
+
+    /// The same root for a read-only verb (`validate`, `plan`, `ps`, …): caches that would
+    /// only speed up a later run (the bundle stat cache, pending clawspecs) are not
+    /// written.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
+    }
+
+    /// Whether this is a read-only verb's view of the home ([`Home::read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Resolve the root: explicit flag, then `$CLAWFARM_HOME`, then `~/.clawfarm`.
@@ -178,5 +195,37 @@ impl Home {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The scratch root of this process (see [`scratch_home`]).
+static SCRATCH: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// A runtime root in the temp folder, for what a read-only verb must fetch to check it (a
+/// remote bundle not yet in the store): `validate` and `plan` write nothing into the real
+/// home. Created on first use; removed by [`remove_scratch`].
+pub fn scratch_home() -> io::Result<Home> {
+    let mut slot = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = slot.as_ref() {
+        return Ok(Home::new(p.clone()));
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir =
+        std::env::temp_dir().join(format!("clawfarm-check-{}-{nanos:08x}", std::process::id()));
+    // `create` (not `create_all`) fails on an existing path: never someone else's folder.
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    *slot = Some(dir.clone());
+    Ok(Home::new(dir))
+}
+
+/// Remove this process's scratch root, if one was made. Called once at exit.
+pub fn remove_scratch() {
+    let taken = SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(dir) = taken {
+        // Blobs are 0444 in 0755 folders: removal needs only the folders' permissions.
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -296,7 +296,11 @@ async fn file_source_is_copied_and_verified() {
         .await
         .unwrap_err();
     assert!(matches!(err, BlobError::Mismatch { .. }), "{err:?}");
-    assert!(err.to_string().contains("src.img"));
+    let msg = err.to_string();
+    assert!(msg.contains("src.img"), "{msg}");
+    // A manifest naming a host file must not learn its digest (issue 10: file:///etc/shadow).
+    assert!(!msg.contains(&sum), "local file digest leaked: {msg}");
+    assert!(msg.contains("not shown for a local file"), "{msg}");
     assert!(!store.part_path(&sha(b"other")).exists());
 }
 

@@ -235,6 +235,26 @@ async fn json_bundle_imports_and_rejects_clawbox_refs() {
         assert!(err.to_string().contains("bad.clawbox"));
     }
 
+    // A JSON clawspec saved with a UTF-8 byte order mark is still a JSON bundle.
+    let bom = d.path().join("bom.clawbox");
+    let spec = clawspec("bom", ("https://example.invalid/base.img", BASE_SHA), None);
+    let mut bytes = vec![0xef, 0xbb, 0xbf];
+    bytes.extend_from_slice(spec.as_bytes());
+    fs::write(&bom, bytes).unwrap();
+    let ins = bundle::inspect(&home, &bom).unwrap();
+    assert_eq!(ins.kind, BundleKind::Json);
+    let imp = bundle::import(&home, &bom, &Progress::silent())
+        .await
+        .unwrap();
+    assert_eq!(imp.clawspec.name, "bom");
+
+    // An invalid JSON clawspec: the message names the file once.
+    let invalid = d.path().join("invalid.clawbox");
+    fs::write(&invalid, r#"{"schema_version": 3}"#).unwrap();
+    let msg = bundle::inspect(&home, &invalid).unwrap_err().to_string();
+    assert_eq!(msg.matches("invalid.clawbox").count(), 1, "{msg}");
+    assert!(msg.contains("invalid clawspec"), "{msg}");
+
     let junk = d.path().join("junk.clawbox");
     fs::write(&junk, "hello").unwrap();
     let err = bundle::inspect(&home, &junk).unwrap_err();
@@ -451,7 +471,13 @@ async fn url_bundle_is_fetched_as_a_blob_then_imported() {
     let err = bundle::fetch_url_bundle(&home, &srv.url("/nope"), &sha(b"n"), &Progress::silent())
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("/nope"));
+    // The printed chain names the URL, once.
+    let chain: Vec<String> =
+        std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+            .map(|e| e.to_string())
+            .collect();
+    let chain = chain.join(": ");
+    assert_eq!(chain.matches("/nope").count(), 1, "{chain}");
 }
 
 #[tokio::test]

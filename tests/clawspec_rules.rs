@@ -121,7 +121,7 @@ fn top_level_rules() {
     expect_one(
         |v| *ptr(v, "/schema_version") = json!("3"),
         "schema_version",
-        "unsupported schema version a string",
+        r#"must be the number 3, found the string "3""#,
     );
     expect_one(
         |v| {

@@ -714,6 +714,12 @@ fn every_bad_edit_shape_keeps_the_vm_under_apply_prune() {
             "{shape}: {}",
             text(&plan)
         );
+        // The plan says the instance is left alone, and why; never "all up to date".
+        let out = String::from_utf8_lossy(&plan.stdout);
+        assert!(
+            out.contains("No changes. 1 instance up to date. 1 left alone: alpha (manifest file invalid or unreadable)."),
+            "{shape}: {out}"
+        );
         let a = e.run(&["apply", "--prune", "-f", e.dir()]);
         assert_ne!(code(&a), 0, "{shape}: a bad file is an error: {}", text(&a));
         assert!(
@@ -761,7 +767,7 @@ fn every_bad_edit_shape_keeps_the_vm_under_watch_prune() {
             "500ms",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(e.dir.with_file_name("watch.log")).unwrap())
         .spawn()
         .unwrap();
     let wait_for = |want: usize| {
@@ -788,6 +794,13 @@ fn every_bad_edit_shape_keeps_the_vm_under_watch_prune() {
         gone,
         "deleting the file prunes under watch: {:?}",
         e.claws()
+    );
+    // The log is a file, not a terminal: it names the bad file and holds no colour codes.
+    let log = std::fs::read_to_string(e.dir.with_file_name("watch.log")).unwrap();
+    assert!(log.contains("alpha.yaml"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "colour codes in a non-terminal log: {log}"
     );
 }
 
@@ -1048,4 +1061,85 @@ fn assert_all_ready(e: &Env) {
         !rows.is_empty() && rows.iter().all(|r| r["status"] == "ready"),
         "{ps}"
     );
+}
+
+/// Every file and folder under `dir` with its modification time and size.
+fn tree_stamp(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let m = e.metadata().unwrap();
+            out.push((e.path(), m.modified().unwrap(), m.len()));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn read_only_verbs_write_nothing_into_an_existing_home() {
+    let e = env();
+    assert_eq!(code(&e.run(&["apply", "-f", e.dir()])), 0);
+    // The bundle changes on disk (a rebuild, a touch): a read-only verb re-reads it but must
+    // not refresh the home's caches with what it learnt.
+    let bx = e.dir.parent().unwrap().join("demo.clawbox");
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&bx)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let before = tree_stamp(&e.home);
+    for args in [
+        vec!["validate", "-f", e.dir()],
+        vec!["plan", "-f", e.dir()],
+        vec!["plan", "--prune", "-o", "json", "-f", e.dir()],
+        vec!["ps"],
+        vec!["ps", "-o", "json"],
+        vec!["images"],
+        vec!["events"],
+        vec!["checkpoints", "alpha"],
+    ] {
+        let o = e.run(&args);
+        assert_ne!(code(&o), 101, "{args:?}: {}", text(&o));
+        assert_eq!(tree_stamp(&e.home), before, "{args:?} wrote into the home");
+    }
+}
+
+/// `validate` and `plan` of a manifest whose bundle is a URL: the bundle is fetched to be
+/// checked, but into a scratch folder removed at exit, never into the home (a fresh home is
+/// not even created).
+#[test]
+fn checking_a_url_bundle_writes_nothing_into_the_home() {
+    let e = env();
+    let bx = e.dir.parent().unwrap().join("demo.clawbox");
+    let sum = clawfarm::util::digest::sha256_hex(&std::fs::read(&bx).unwrap());
+    let m = manifest("alpha", "").replace(
+        "clawbox: ../demo.clawbox",
+        &format!(
+            "clawbox: {{url: \"file://{}\", sha256: {sum}}}",
+            bx.display()
+        ),
+    );
+    std::fs::write(e.dir.join("alpha.yaml"), m).unwrap();
+    let tmp = e.dir.with_file_name("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    for args in [vec!["validate", "-f", e.dir()], vec!["plan", "-f", e.dir()]] {
+        let o = e.cmd(&args).env("TMPDIR", &tmp).output().unwrap();
+        assert_ne!(code(&o), 1, "{args:?}: {}", text(&o));
+        assert!(!e.home.exists(), "{args:?} created the home");
+        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{args:?} left scratch files: {left:?}");
+    }
+    // apply stores it in the home, as before.
+    assert_eq!(code(&e.run(&["apply", "-f", e.dir()])), 0);
+    assert!(e.home.join("blobs").join(&sum).is_file());
 }

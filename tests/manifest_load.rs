@@ -319,3 +319,23 @@ fn cached_load_sees_every_edit_and_matches_an_uncached_load() {
     assert_eq!(r.claws.len(), 1);
     assert_eq!(cache.len(), 1, "a removed file leaves the cache");
 }
+
+#[test]
+fn a_symlink_to_a_manifest_in_the_same_folder_is_the_same_file() {
+    let t = tempfile::tempdir().unwrap();
+    let real = write(t.path(), "b-real.yaml", &claw("solo", ""));
+    // The link sorts first; the real file's own path is the one kept.
+    std::os::unix::fs::symlink("b-real.yaml", t.path().join("a-link.yaml")).unwrap();
+    let r = load(&[t.path().to_path_buf()]);
+    assert!(r.diagnostics.is_empty(), "{:#?}", r.diagnostics);
+    assert!(r.bad_files.is_empty(), "{:?}", r.bad_files);
+    assert_eq!(r.files, vec![real]);
+    let names: Vec<&str> = r.claws.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, vec!["solo"]);
+
+    // Two different files with the same name are still a duplicate.
+    write(t.path(), "c.yaml", &claw("solo", ""));
+    let r = load(&[t.path().to_path_buf()]);
+    assert_eq!(r.diagnostics.len(), 1, "{:#?}", r.diagnostics);
+    assert!(r.claws.is_empty());
+}

@@ -765,3 +765,47 @@ fn deep_nesting_is_an_error_not_a_crash() {
         let _ = clawfarm::input::manifest::names_in_file_best_effort(&text);
     }
 }
+
+#[test]
+fn json_syntax_errors_speak_json() {
+    let file = Path::new("/m/dir/alpha.json");
+    let errs = |text: &str| -> Vec<String> {
+        match parse_str(file, text) {
+            Ok(c) => panic!("expected errors, got {} claws", c.len()),
+            Err(d) => d.iter().map(|d| d.to_string()).collect(),
+        }
+    };
+    // The issue's repro: one line without its closing brace.
+    let got = errs(
+        r#"{"apiVersion":"clawfarm/v1","kind":"Claw","metadata":{"name":"alpha"},"spec":{"clawbox":"../box.json"}"#,
+    );
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("/m/dir/alpha.json:1:"), "{got:?}");
+    assert!(
+        got[0].contains("invalid JSON: EOF while parsing"),
+        "{got:?}"
+    );
+    assert!(!got[0].contains("YAML"), "{got:?}");
+
+    // A lost comma, on line 2.
+    let got = errs(
+        "{\"apiVersion\": \"clawfarm/v1\", \"kind\": \"Claw\",\n \"metadata\": {\"name\": \"a\"} \"spec\": {}}\n",
+    );
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("/m/dir/alpha.json:2:"), "{got:?}");
+    assert!(
+        got[0].contains("invalid JSON: expected `,` or `}`"),
+        "{got:?}"
+    );
+
+    // Valid JSON is still checked as a manifest (JSON is YAML).
+    let ok = parse_str(
+        file,
+        r#"{"apiVersion":"clawfarm/v1","kind":"Claw","metadata":{"name":"alpha"},"spec":{"clawbox":"./b.clawbox"}}"#,
+    )
+    .unwrap();
+    assert_eq!(ok[0].name, "alpha");
+    // A YAML file keeps YAML's wording.
+    let got = errors("a: [\n");
+    assert!(got.iter().any(|e| e.contains("invalid YAML")), "{got:?}");
+}

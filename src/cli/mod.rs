@@ -194,7 +194,9 @@ pub fn main() -> std::process::ExitCode {
         "warn"
     };
     init_logging(cli.log_format, level);
-    match run(cli) {
+    let result = run(cli);
+    crate::home::remove_scratch();
+    match result {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) if is_broken_pipe(&e) => quit_on_broken_pipe(),
         Err(e) => {
@@ -229,8 +231,13 @@ fn quit_on_broken_pipe() -> std::process::ExitCode {
 fn init_logging(fmt: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLAWFARM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour only for a terminal: a log file or a journal gets plain text (and NO_COLOR
+    // is honoured).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = match fmt {
         LogFormat::Text => b.try_init(),
@@ -241,6 +248,20 @@ fn init_logging(fmt: LogFormat, default: &str) {
 /// Run one parsed command; returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let home = Home::resolve(cli.home.as_deref()).context("cannot find the runtime root")?;
+    let read_only = match &cli.command {
+        Command::Validate(_)
+        | Command::Plan(_)
+        | Command::Ps(_)
+        | Command::Checkpoints(_)
+        | Command::Images(_)
+        | Command::Events(_)
+        | Command::Logs(_)
+        | Command::Schema
+        | Command::Completions { .. } => true,
+        Command::Gc(a) => a.dry_run,
+        _ => false,
+    };
+    let home = if read_only { home.read_only() } else { home };
     let ctx = Ctx {
         home,
         accel: cli.accel,

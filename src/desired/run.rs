@@ -109,7 +109,7 @@ pub async fn desired_instance(
     let bundle = resolver
         .resolve(home, &ClawboxRef::Path(path.clone()))
         .await
-        .with_context(|| format!("cannot load clawbox {}", req.bundle.display()))?;
+        .context("cannot load the clawbox")?; // the bundle error names the file
     let loc = SourceLoc {
         file: path.clone(),
         line: 0,

@@ -216,6 +216,8 @@ impl ClawSpec {
     /// structural problem (wrong type, missing or unknown field) is reported with its field
     /// path, or, when the structure is right, every semantic problem.
     pub fn parse(json: &[u8]) -> Result<ClawSpec, ClawSpecError> {
+        // Editors that save a UTF-8 byte order mark still wrote JSON.
+        let json = json.strip_prefix(&[0xef, 0xbb, 0xbf]).unwrap_or(json);
         let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| {
             ClawSpecError::one(
                 "",
@@ -238,20 +240,23 @@ impl ClawSpec {
                 ));
             }
             Some(v) if v.as_u64() == Some(u64::from(SCHEMA_VERSION)) => {}
+            Some(serde_json::Value::Number(n)) => {
+                return Err(ClawSpecError::one(
+                    "schema_version",
+                    format!("unsupported schema version {n} (this build reads {SCHEMA_VERSION})"),
+                ));
+            }
             Some(v) => {
                 let found = match v {
-                    serde_json::Value::Number(n) => n.to_string(),
-                    serde_json::Value::String(_) => "a string".to_owned(),
-                    serde_json::Value::Bool(_) => "a boolean".to_owned(),
-                    serde_json::Value::Null => "null".to_owned(),
+                    serde_json::Value::String(s) => format!("the string {s:?}"),
+                    serde_json::Value::Bool(b) => format!("the boolean {b}"),
                     serde_json::Value::Array(_) => "an array".to_owned(),
                     serde_json::Value::Object(_) => "an object".to_owned(),
+                    _ => "null".to_owned(),
                 };
                 return Err(ClawSpecError::one(
                     "schema_version",
-                    format!(
-                        "unsupported schema version {found} (this build reads {SCHEMA_VERSION})"
-                    ),
+                    format!("must be the number {SCHEMA_VERSION}, found {found}"),
                 ));
             }
         }
@@ -579,7 +584,7 @@ fn serde_problem(path: &str, message: &str) -> ClawSpecError {
 }
 
 /// serde_json's message without its trailing " at line L column C".
-fn json_error_text(e: &serde_json::Error) -> String {
+pub(crate) fn json_error_text(e: &serde_json::Error) -> String {
     let s = e.to_string();
     match s.rfind(" at line ") {
         Some(i) => s[..i].to_owned(),

@@ -179,6 +179,9 @@ pub struct Change {
     pub nodes: Vec<NodeIndex>,
 }
 
+/// Why an instance whose manifest file is unreadable or invalid is kept.
+pub const LEFT_ALONE_INVALID: &str = "manifest file invalid or unreadable";
+
 /// Planner options.
 #[derive(Debug, Clone, Default)]
 pub struct PlanOptions {
@@ -244,12 +247,20 @@ impl Plan {
             .filter(|c| c.kind != ChangeKind::Noop)
             .collect();
         if changed.is_empty() {
-            let n = self.changes.len();
-            let _ = writeln!(
-                s,
-                "No changes. {n} instance{} up to date.",
-                if n == 1 { "" } else { "s" }
-            );
+            let n = self.unchanged().count();
+            let alone = self.left_alone();
+            s.push_str("No changes.");
+            if n > 0 || alone.is_empty() {
+                let _ = write!(
+                    s,
+                    " {n} instance{} up to date.",
+                    if n == 1 { "" } else { "s" }
+                );
+            }
+            if !alone.is_empty() {
+                let _ = write!(s, " {alone}");
+            }
+            s.push('\n');
             return s;
         }
         let w = changed.iter().map(|c| c.name.len()).max().unwrap_or(0);
@@ -306,9 +317,40 @@ impl Plan {
                 parts.push(format!("{n} to {}", k.as_str()));
             }
         }
-        let noop = counts.get(&ChangeKind::Noop).copied().unwrap_or(0);
-        parts.push(format!("{noop} unchanged"));
-        format!("Plan: {}.", parts.join(", "))
+        parts.push(format!("{} unchanged", self.unchanged().count()));
+        let alone = self.left_alone();
+        if alone.is_empty() {
+            format!("Plan: {}.", parts.join(", "))
+        } else {
+            format!("Plan: {}. {alone}", parts.join(", "))
+        }
+    }
+
+    /// No-op changes of instances that are as desired.
+    fn unchanged(&self) -> impl Iterator<Item = &Change> {
+        self.changes
+            .iter()
+            .filter(|c| c.kind == ChangeKind::Noop && c.reasons.is_empty())
+    }
+
+    /// `2 left alone: alpha, beta (manifest file invalid).`, or empty: the instances that
+    /// no manifest describes and that are kept, grouped by why.
+    fn left_alone(&self) -> String {
+        let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for c in &self.changes {
+            if c.kind == ChangeKind::Noop
+                && let Some(r) = c.reasons.first()
+            {
+                by_reason.entry(r).or_default().push(&c.name);
+            }
+        }
+        by_reason
+            .iter()
+            .map(|(why, names)| {
+                format!("{} left alone: {} ({why}).", names.len(), names.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Machine-readable plan.
@@ -501,6 +543,15 @@ pub fn plan(desired: &[Arc<DesiredInstance>], actual: &[Observed], opts: &PlanOp
                     actions.push(Action::Remove { clawid: id() });
                     ChangeKind::Delete
                 } else {
+                    // Kept, and the plan says why (a "no changes" that hides an invalid
+                    // manifest would read as "all is well").
+                    reasons.push(if opts.protected.contains(name) {
+                        LEFT_ALONE_INVALID.into()
+                    } else if o.record.origin != Origin::Manifest {
+                        "not managed by manifests".into()
+                    } else {
+                        "not in the manifests (kept without --prune)".into()
+                    });
                     ChangeKind::Noop
                 }
             }

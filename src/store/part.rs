@@ -120,15 +120,17 @@ pub enum BlobError {
     },
     /// The bytes do not hash to the expected digest. Nothing was kept.
     #[error(
-        "{source_name}: SHA-256 mismatch: expected {expected}, got {actual} ({size} bytes); nothing was stored"
+        "{source_name}: SHA-256 mismatch: expected {expected}, got {}; nothing was stored",
+        got_text(.actual.as_deref(), *.size)
     )]
     Mismatch {
         /// URL or file the bytes came from.
         source_name: String,
         /// Expected digest.
         expected: String,
-        /// Digest of what arrived.
-        actual: String,
+        /// Digest of what arrived; `None` for a local file, whose digest is not shown (a
+        /// manifest must not turn clawfarm into a reader of host files' digests).
+        actual: Option<String>,
         /// Bytes received.
         size: u64,
     },
@@ -542,6 +544,14 @@ impl Default for FetchOptions {
     }
 }
 
+/// The "got …" part of a mismatch message.
+fn got_text(actual: Option<&str>, size: u64) -> String {
+    match actual {
+        Some(d) => format!("{d} ({size} bytes)"),
+        None => "another digest (not shown for a local file)".to_string(),
+    }
+}
+
 /// What is being fetched (decides whether the disk header is checked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BlobKind {
@@ -564,10 +574,13 @@ pub(crate) fn publish_verified(
     if actual != sha {
         let size = part.len();
         part.discard();
+        // A local file's digest is not shown: a manifest naming `file:///etc/shadow` would
+        // otherwise make `validate` print the digest of any host file.
+        let shown = (!source_name.starts_with("file://")).then_some(actual);
         return Err(BlobError::Mismatch {
             source_name: source_name.to_string(),
             expected: sha.to_string(),
-            actual,
+            actual: shown,
             size,
         });
     }

@@ -437,10 +437,7 @@ pub fn load_cached(paths: &[PathBuf], cache: Option<&Cache>) -> LoadResult {
         collect(p, &mut files, &mut result);
     }
     files.sort();
-    let mut seen = HashSet::new();
-    files.retain(|f| {
-        seen.insert(std::path::absolute(f).map_or_else(|_| f.clone(), |a| normalize(&a)))
-    });
+    dedup_by_identity(&mut files);
 
     let parsed = match cache {
         None => parse_files(&files),
@@ -469,6 +466,33 @@ pub fn load_cached(paths: &[PathBuf], cache: Option<&Cache>) -> LoadResult {
     result.diagnostics.sort();
     result.files = files;
     result
+}
+
+/// Keep one path per file: two spellings of one file, or a symlink beside the file it
+/// points to, are one manifest, not a duplicate name. The real file's own path is kept
+/// over a link to it; otherwise the first in sorted order.
+fn dedup_by_identity(files: &mut Vec<PathBuf>) {
+    let spelled =
+        |f: &PathBuf| std::path::absolute(f).map_or_else(|_| f.clone(), |a| normalize(&a));
+    let mut chosen: HashMap<PathBuf, usize> = HashMap::new();
+    for (i, f) in files.iter().enumerate() {
+        let key = file_key(f);
+        match chosen.get(&key) {
+            None => {
+                chosen.insert(key, i);
+            }
+            Some(&j) if spelled(&files[j]) != key && spelled(f) == key => {
+                chosen.insert(key, i);
+            }
+            Some(_) => {}
+        }
+    }
+    let keep: HashSet<usize> = chosen.into_values().collect();
+    let mut i = 0;
+    files.retain(|_| {
+        i += 1;
+        keep.contains(&(i - 1))
+    });
 }
 
 fn path_problem(result: &mut LoadResult, path: &Path, message: String) {

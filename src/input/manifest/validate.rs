@@ -263,11 +263,29 @@ pub(super) fn parse_file(file: &Path, text: &str) -> FileParse {
         dir,
         diags: Vec::new(),
     };
+    let mut out = FileParse::default();
+    // A `.json` manifest written as JSON is read by the YAML parser (JSON is YAML), but its
+    // syntax errors are reported as JSON errors, at JSON's line and column.
+    if file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        && text.trim_start().starts_with(['{', '['])
+        && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text)
+        && e.is_syntax() | e.is_eof()
+    {
+        let pos = Pos {
+            line: e.line().max(1) as u64,
+            col: e.column().max(1) as u64,
+        };
+        let text = crate::input::clawspec::json_error_text(&e);
+        ctx.err(pos, format!("invalid JSON: {text}"));
+        out.diagnostics = ctx.diags;
+        return out;
+    }
     let docs = parse_yaml(text);
     for (pos, message) in docs.problems {
         ctx.err(pos, message);
     }
-    let mut out = FileParse::default();
     for doc in &docs.docs {
         let before = ctx.diags.len();
         let (claw, declared) = validate_doc(&mut ctx, doc);

@@ -83,7 +83,8 @@ pub(super) fn remember(home: &Home, path: &Path, key: StatKey, digest: &str, kin
         kind,
     };
     with_cache(home, |c| c.stat.insert(path.to_path_buf(), entry.clone()));
-    if !home.bundles_dir().is_dir() {
+    // A read-only verb keeps what it learnt in memory only.
+    if home.is_read_only() || !home.bundles_dir().is_dir() {
         return;
     }
     // Merge with what other processes wrote since we loaded; drop entries of files that
@@ -139,7 +140,7 @@ pub(super) fn pending_spec_path(home: &Home, digest: &str) -> PathBuf {
 pub(super) const SPECS_DIR: &str = ".specs";
 
 pub(super) fn remember_pending_spec(home: &Home, digest: &str, bytes: &[u8]) {
-    if !home.bundles_dir().is_dir() {
+    if home.is_read_only() || !home.bundles_dir().is_dir() {
         return;
     }
     let p = pending_spec_path(home, digest);

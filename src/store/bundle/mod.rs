@@ -258,7 +258,7 @@ pub enum BundleError {
         limit: u64,
     },
     /// `clawspec.json` does not parse or validate.
-    #[error("{bundle}: invalid {entry}")]
+    #[error("{bundle}: invalid {}", clawspec_entry(.bundle, .entry))]
     Clawspec {
         /// The bundle file.
         bundle: String,
@@ -364,7 +364,7 @@ pub enum BundleError {
         source: Box<BlobError>,
     },
     /// A remote bundle could not be fetched.
-    #[error("cannot fetch bundle {url}")]
+    #[error("cannot fetch bundle{}", unless_named(.url, .source))]
     Fetch {
         /// The URL.
         url: String,
@@ -555,6 +555,22 @@ fn clawbox_images(spec: &ClawSpec) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// `" URL"`, or nothing when the cause already names the URL (a message names its source
+/// once).
+fn unless_named(url: &str, source: &BlobError) -> String {
+    if source.to_string().contains(url) {
+        String::new()
+    } else {
+        format!(" {url}")
+    }
+}
+
+/// The entry named in a clawspec error: a JSON bundle *is* its clawspec, so its path is
+/// not said twice.
+fn clawspec_entry<'a>(bundle: &str, entry: &'a str) -> &'a str {
+    if entry == bundle { "clawspec" } else { entry }
+}
+
 fn parse_and_validate(
     kind: BundleKind,
     bytes: &[u8],
@@ -593,7 +609,9 @@ fn detect_kind(f: &mut File, bundle: &str) -> Result<BundleKind, BundleError> {
     if head.starts_with(&[0x1f, 0x8b]) {
         return Ok(BundleKind::TarGz);
     }
-    match head.iter().find(|b| !b.is_ascii_whitespace()) {
+    // A JSON clawspec saved by an editor that writes a UTF-8 byte order mark is still JSON.
+    let text = head.strip_prefix(&[0xef, 0xbb, 0xbf]).unwrap_or(head);
+    match text.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => Ok(BundleKind::Json),
         _ => Err(BundleError::NotABundle {
             bundle: bundle.to_string(),
@@ -1043,7 +1061,23 @@ pub async fn fetch_url_bundle(
     sha256: &str,
     progress: &Progress,
 ) -> Result<PathBuf, BundleError> {
-    BlobStore::new(home)
+    // A read-only verb uses the stored blob when there is one, and otherwise fetches into
+    // a scratch root that is removed at exit: checking a manifest writes nothing into the
+    // home.
+    let store_home = if home.is_read_only() {
+        let kept = BlobStore::new(home).path(sha256);
+        if kept.is_file() {
+            return Ok(kept);
+        }
+        crate::home::scratch_home().map_err(|source| BundleError::Io {
+            action: "cannot create a scratch folder for",
+            path: url.into(),
+            source,
+        })?
+    } else {
+        home.clone()
+    };
+    BlobStore::new(&store_home)
         .fetch_url(url, sha256, progress)
         .await
         .map_err(|source| BundleError::Fetch {
