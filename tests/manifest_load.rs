@@ -339,3 +339,42 @@ fn a_symlink_to_a_manifest_in_the_same_folder_is_the_same_file() {
     assert_eq!(r.diagnostics.len(), 1, "{:#?}", r.diagnostics);
     assert!(r.claws.is_empty());
 }
+
+/// Hostile inputs are bounded: a file with thousands of errors prints 20 and a count, an
+/// oversized file is refused unread, and a symlink into /proc or a symlink loop is skipped
+/// with a warning instead of walked.
+#[test]
+fn hostile_inputs_are_bounded() {
+    let t = tempfile::tempdir().unwrap();
+    let keys: String = (0..5000).map(|i| format!("  unknown{i}: 1\n")).collect();
+    let many = write(t.path(), "many.yaml", &claw("many", &keys));
+    let r = load(std::slice::from_ref(&many));
+    assert_eq!(r.diagnostics.len(), 21, "{:#?}", &r.diagnostics[..3]);
+    let last = r.diagnostics.last().unwrap().to_string();
+    assert!(
+        last.contains("and 4980 more problems in this file"),
+        "{last}"
+    );
+
+    let huge = t.path().join("huge.yaml");
+    let mut text = claw("huge", "");
+    text.push_str(&"# padding\n".repeat(200_000)); // 2 MB
+    fs::write(&huge, text).unwrap();
+    let r = load(std::slice::from_ref(&huge));
+    assert_eq!(r.diagnostics.len(), 1, "{:#?}", r.diagnostics);
+    assert!(r.bad_files.contains(&huge));
+
+    let walk = t.path().join("walk");
+    fs::create_dir(&walk).unwrap();
+    write(&walk, "ok.yaml", &claw("ok", ""));
+    std::os::unix::fs::symlink("/proc", walk.join("proc")).unwrap();
+    std::os::unix::fs::symlink(".", walk.join("loop")).unwrap();
+    let r = load(&[walk.clone()]);
+    let msgs: Vec<String> = r.diagnostics.iter().map(|d| d.to_string()).collect();
+    assert!(
+        msgs.iter().any(|m| m.contains("skipped: leads into /proc")),
+        "{msgs:?}"
+    );
+    let names: Vec<&str> = r.claws.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, vec!["ok"], "the loop is walked once: {msgs:?}");
+}
