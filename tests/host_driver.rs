@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clawfarm::desired::{BundleDesired, DesiredInstance};
+use clawfarm::driver::qemu::export;
 use clawfarm::driver::qemu::layout::{volume_disk, volumes_dir};
 use clawfarm::driver::qemu::{QemuConfig, QemuDriver};
 use clawfarm::driver::{Driver, Liveness};
@@ -36,6 +37,12 @@ fn home_with_base(gib: u64) -> (tempfile::TempDir, Home, String) {
 
 /// A home with a sparse base image of `gib` GiB in format `fmt` stored as a blob (0444).
 fn home_with_base_as(fmt: &str, gib: u64) -> (tempfile::TempDir, Home, String) {
+    home_with_base_data(fmt, gib, &[])
+}
+
+/// The same, with `qemu-io` commands (`write -P 0x11 0 1M`) run on the image before it is
+/// stored.
+fn home_with_base_data(fmt: &str, gib: u64, io: &[&str]) -> (tempfile::TempDir, Home, String) {
     let d = tempfile::tempdir().unwrap();
     let home = Home::new(d.path().join("home"));
     home.ensure().unwrap();
@@ -47,6 +54,9 @@ fn home_with_base_as(fmt: &str, gib: u64) -> (tempfile::TempDir, Home, String) {
         .status()
         .unwrap();
     assert!(st.success());
+    if !io.is_empty() {
+        qemu_io(&src, fmt, io);
+    }
     let sha = clawfarm::util::digest::sha256_file(&src).unwrap();
     let blob = home.blob(&sha);
     std::fs::rename(&src, &blob).unwrap();
@@ -92,6 +102,27 @@ fn driver(home: &Home) -> QemuDriver {
             ..QemuConfig::default()
         },
     )
+}
+
+/// Run `qemu-io -c CMD…` on `img`; every command must succeed (a `read -P` whose pattern
+/// does not match fails).
+fn qemu_io(img: &Path, fmt: &str, cmds: &[&str]) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", fmt]);
+    if cmds.iter().all(|x| x.starts_with("read")) {
+        c.arg("-r");
+    }
+    for x in cmds {
+        c.arg("-c").arg(x);
+    }
+    let out = c.arg(img).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("failed"),
+        "qemu-io {cmds:?} {}: {text}{}",
+        img.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn mode(p: &Path) -> u32 {
@@ -374,4 +405,61 @@ fn payload_and_volume_disks_round_trip() {
     .unwrap_err();
     assert!(format!("{e:#}").contains("nope.qcow2"), "{e:#}");
     assert!(!d.path().join("o2").exists());
+}
+
+/// Issue 12: the exported layer holds every change above the base, the instance's own
+/// (its overlay) as well as the scrub VM's (the 4 KiB overlay over the disk copy), so an
+/// instance of the exported box sees the scrubbed disk. `qemu-img convert -B` alone copied
+/// only the scrub VM's writes: on the base that was a broken ext4, and cloud-init failed
+/// with `NotADirectoryError` on `/home/claw/.ssh`.
+#[tokio::test]
+async fn an_exported_layer_over_its_base_reads_as_the_scrubbed_disk() {
+    if !have("qemu-img") || !have("qemu-io") {
+        eprintln!("skipped: needs qemu-img and qemu-io");
+        return;
+    }
+    let (d, home, sha) = home_with_base_data("qcow2", 1, &["write -P 0x11 0 2M"]);
+    let drv = driver(&home);
+    let inst = instance(&sha, "k1");
+    drv.create_disk(&inst).await.unwrap();
+    // The instance writes its own data and zeroes a block that holds base data.
+    let disk = drv.files(&inst.clawid).disk();
+    qemu_io(&disk, "qcow2", &["write -P 0x22 4M 1M", "write -z 0 64k"]);
+    // Export: the copy, then the scrub VM writes and discards (fstrim) on its overlay.
+    let qi = Path::new("qemu-img");
+    let work = d.path().join("work");
+    export::snapshot(qi, &disk, &work).unwrap();
+    let top = export::work_files(&work).disk();
+    qemu_io(
+        &top,
+        "qcow2",
+        &["write -P 0x33 8M 64k", "discard 4M 4k", "discard 1M 4k"],
+    );
+    let base = std::path::absolute(home.blob(&sha)).unwrap();
+    let out = d.path().join("run.qcow2");
+    export::flatten(qi, &work, &base, &out).unwrap();
+    assert_eq!(qcow2_backing(&out).unwrap(), None);
+    // On its own the layer holds the instance's data and the scrub's.
+    qemu_io(
+        &out,
+        "qcow2",
+        &["read -P 0x22 4198400 1044480", "read -P 0x33 8M 64k"],
+    );
+    // Stored and linked to its base as an instance of the exported box would back on it,
+    // it reads exactly as the scrubbed disk.
+    let run_sha = clawfarm::util::digest::sha256_file(&out).unwrap();
+    std::fs::rename(&out, home.blob(&run_sha)).unwrap();
+    let linked = export::layer_on_base(&home, qi, &run_sha, &sha).unwrap();
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "qcow2"])
+        .arg(&top)
+        .arg(&linked)
+        .output()
+        .unwrap();
+    assert!(
+        cmp.status.success(),
+        "the layer over its base differs from the scrubbed disk: {}{}",
+        String::from_utf8_lossy(&cmp.stdout),
+        String::from_utf8_lossy(&cmp.stderr)
+    );
 }

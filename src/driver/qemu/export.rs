@@ -4,9 +4,10 @@
 //! * [`snapshot`]: copy the disk of a stopped instance (the caller quiesced it);
 //! * [`scrub`]: boot the copy once in a throwaway VM whose seed runs
 //!   `assets/guest/clawfarm-scrub.sh` and powers off;
-//! * [`flatten`]: `qemu-img convert -c -B BASE` of the scrubbed copy: a compressed qcow2
-//!   holding only the clusters that differ from the base image, with no backing file
-//!   recorded (the bundle importer refuses backing files);
+//! * [`flatten`]: `qemu-img rebase` of the scrubbed copy onto the base, then
+//!   `qemu-img convert -c -B BASE`: a compressed qcow2 holding only the clusters that
+//!   differ from the base image, with no backing file recorded (the bundle importer
+//!   refuses backing files);
 //! * [`to_raw`]: the layer as the raw bytes it holds (for the secret scan);
 //! * [`layer_on_base`]: the store-side file an instance of an exported box backs on: a copy
 //!   of the verified `run` layer whose header names the verified base blob.
@@ -41,6 +42,25 @@ fn qemu_img(qemu_img: &Path, args: &[&str], what: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `qemu-img rebase` of the qcow2 `img` onto `base` (a file and its format): with `unsafe_`
+/// only the header changes (`-u`); otherwise every cluster where the old backing chain and
+/// `base` differ is first written into `img`, so it reads the same as before.
+fn rebase(
+    qemu_img_path: &Path,
+    img: &Path,
+    (base, base_fmt): (&Path, &str),
+    unsafe_: bool,
+    what: &str,
+) -> anyhow::Result<()> {
+    let (img, base) = (img.to_string_lossy(), base.to_string_lossy());
+    let mut args = vec!["rebase"];
+    if unsafe_ {
+        args.push("-u");
+    }
+    args.extend(["-f", "qcow2", "-F", base_fmt, "-b", &base, &img]);
+    qemu_img(qemu_img_path, &args, what)
 }
 
 fn format_name(path: &Path) -> anyhow::Result<&'static str> {
@@ -92,19 +112,11 @@ pub fn layer_on_base(
             .with_context(|| format!("cannot copy {} to {}", run.display(), tmp.display()))?;
         std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         let base_fmt = format_name(&base)?;
-        qemu_img(
+        rebase(
             qemu_img_path,
-            &[
-                "rebase",
-                "-u",
-                "-f",
-                "qcow2",
-                "-F",
-                base_fmt,
-                "-b",
-                &base.to_string_lossy(),
-                &tmp.to_string_lossy(),
-            ],
+            &tmp,
+            (&base, base_fmt),
+            true,
             "linking the run layer to its base",
         )?;
         std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o444))?;
@@ -243,11 +255,27 @@ pub async fn scrub(
 
 /// Write the changes of the disk copy in `work` relative to `base` as a compressed qcow2
 /// without backing file at `out`.
+///
+/// The scrubbed disk is a chain: the scrub VM's 4 KiB-cluster overlay, over the copy of
+/// the instance's overlay, over the base (and over a run layer too, for an instance of an
+/// exported box). `qemu-img convert -B BASE` copies only what the **top** image of its
+/// source holds: it takes the source's own backing file to be BASE. So the top is first
+/// rebased onto `base` (a safe `qemu-img rebase`, which writes into the top every cluster
+/// where the chain below it differs from `base`); without that, the layer held the scrub
+/// VM's writes only, not the instance's, and an instance booted from it saw a broken
+/// file system (issue 12: cloud-init's `users-groups` failed with `NotADirectoryError`).
 pub fn flatten(qemu_img_path: &Path, work: &Path, base: &Path, out: &Path) -> anyhow::Result<()> {
     let disk = work_files(work).disk();
     let base_fmt = format_name(base)?;
     let tmp_out = out.with_extension("flat-tmp");
     let _ = std::fs::remove_file(&tmp_out);
+    rebase(
+        qemu_img_path,
+        &disk,
+        (base, base_fmt),
+        false,
+        "folding the instance's changes into the scrubbed disk",
+    )?;
     let r = qemu_img(
         qemu_img_path,
         &[
