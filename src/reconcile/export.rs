@@ -166,9 +166,12 @@ fn remove_quiet(p: &Path) {
 }
 
 /// The export work folder of `clawid` (under the home, on the same file system as the
-/// instance disks).
+/// instance disks), as an absolute path: the scrub disk names the disk copy as its backing
+/// file (qemu resolves a relative name against the overlay's own folder) and the scrub VM
+/// runs in the work folder, so a relative `--home` broke export.
 fn work_dir(home: &Home, clawid: &str) -> PathBuf {
-    home.root()
+    std::path::absolute(home.root())
+        .unwrap_or_else(|_| home.root().to_path_buf())
         .join("tmp")
         .join(format!("export-{clawid}-{}", std::process::id()))
 }
@@ -408,6 +411,16 @@ fn write_box(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_work_folder_is_absolute_with_a_relative_home() {
+        let w = work_dir(&Home::new("home1"), "one-8b720d");
+        assert!(w.is_absolute(), "{}", w.display());
+        assert!(w.ends_with(format!(
+            "home1/tmp/export-one-8b720d-{}",
+            std::process::id()
+        )));
+    }
 
     #[test]
     fn needles_cover_base64_alignments_and_url() {
