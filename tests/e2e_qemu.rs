@@ -1023,6 +1023,42 @@ async fn e2e_checkpoints() {
         "payload from the bundle"
     );
 
+    // ---- 5b. `state: suspended` in the manifest: apply suspends; `running` resumes ---------
+    let ck_manifest = |state: &str| {
+        manifest(
+            &mdir,
+            "ck",
+            &bundle_path,
+            &format!(
+                "  state: {state}\n  ports: [{{host: {gw}, guest: 8080, name: gateway}}]\n  \
+                 params:\n    API_KEY: {{env: E2E_API_KEY}}\n"
+            ),
+        )
+    };
+    let pid = vm_pid(&home, &id).expect("running");
+    let marker = env.ssh_ok(
+        "ck",
+        "sudo sh -c 'setsid sleep 1000000 </dev/null >/dev/null 2>&1 & echo $!'",
+    );
+    ck_manifest("suspended");
+    let (ok, report, _) = apply(&env, &mdir);
+    assert!(ok, "apply of state: suspended failed: {report:#}");
+    assert!(!pid_alive(pid), "QEMU still runs under state: suspended");
+    assert_eq!(env.ps_row("ck")["status"], "suspended");
+    let (ok, report, _) = apply(&env, &mdir);
+    assert!(ok, "second apply: {report:#}");
+    assert_eq!(env.ps_row("ck")["status"], "suspended", "steady state");
+    ck_manifest("running");
+    let t = Instant::now();
+    let (ok, report, _) = apply(&env, &mdir);
+    assert!(ok, "apply of state: running failed: {report:#}");
+    log(format!(
+        "manifest suspended → running: ready in {:.1}s",
+        t.elapsed().as_secs_f64()
+    ));
+    assert_eq!(env.ps_row("ck")["status"], "ready");
+    env.ssh_ok("ck", &format!("sudo kill -0 {}", marker.trim()));
+
     // ---- 6. rm keeps the volume --------------------------------------------------------
     env.cli_ok(&["rm", "-f", "ck"]);
     let out_dir = work.path().join("vol-export");

@@ -369,7 +369,7 @@ fn hostile_inputs_are_bounded() {
     write(&walk, "ok.yaml", &claw("ok", ""));
     std::os::unix::fs::symlink("/proc", walk.join("proc")).unwrap();
     std::os::unix::fs::symlink(".", walk.join("loop")).unwrap();
-    let r = load(&[walk.clone()]);
+    let r = load(std::slice::from_ref(&walk));
     let msgs: Vec<String> = r.diagnostics.iter().map(|d| d.to_string()).collect();
     assert!(
         msgs.iter().any(|m| m.contains("skipped: leads into /proc")),

@@ -342,7 +342,7 @@ fn clawbox_errors() {
 fn state_replicas_cpus() {
     one(
         &doc("  state: paused\n"),
-        "7:10: spec.state: must be \"running\" or \"stopped\", got \"paused\"",
+        "7:10: spec.state: must be \"running\", \"stopped\" or \"suspended\", got \"paused\"",
     );
     one(
         &doc("  replicas: 65\n"),

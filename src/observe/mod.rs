@@ -22,9 +22,22 @@ pub struct Observed {
     pub record: Record,
     /// Liveness of the process it names.
     pub live: Liveness,
+    /// A saved suspend state is there (the next start resumes it).
+    pub suspended: bool,
 }
 
 impl Observed {
+    /// Probe the process `record` names and whether a suspend state is saved.
+    pub fn of(driver: &dyn Driver, record: Record) -> Observed {
+        let live = driver.probe(&record);
+        let suspended = !matches!(live, Liveness::Running(_)) && driver.suspended(&record.clawid);
+        Observed {
+            record,
+            live,
+            suspended,
+        }
+    }
+
     /// True when its QEMU is running.
     pub fn is_running(&self) -> bool {
         matches!(self.live, Liveness::Running(_))
@@ -35,12 +48,7 @@ impl Observed {
 /// instances they describe are left alone by the planner (it never sees them).
 pub fn observe(home: &Home, driver: &dyn Driver) -> (Vec<Observed>, Vec<RecordError>) {
     let (records, errors) = Record::read_all(home);
-    let lives = crate::util::par::par_map(&records, |r| driver.probe(r));
-    let observed = records
-        .into_iter()
-        .zip(lives)
-        .map(|(record, live)| Observed { record, live })
-        .collect();
+    let observed = crate::util::par::par_map(&records, |r| Observed::of(driver, r.clone()));
     (observed, errors)
 }
 

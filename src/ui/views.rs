@@ -418,11 +418,7 @@ pub fn instance_detail(
     cpu: &CpuSampler,
 ) -> Result<InstanceDetail, observe::LookupError> {
     let rec = observe::find_record(home, id)?;
-    let live = driver.probe(&rec);
-    let o = Observed {
-        record: rec.clone(),
-        live,
-    };
+    let o = Observed::of(driver, rec.clone());
     let all = crate::state::events::read(&home.events_log()).unwrap_or_default();
     let mine: Vec<Event> = all
         .iter()

@@ -65,6 +65,9 @@ pub enum DesiredState {
     Running,
     /// The VM should exist but be stopped.
     Stopped,
+    /// The VM's running state should be saved and its QEMU ended; `running` later resumes
+    /// it in seconds (rfc/011). A VM that is not running is booted once to be suspended.
+    Suspended,
 }
 
 /// Where the bundle comes from.

@@ -60,7 +60,7 @@ pub fn json_schema() -> serde_json::Value {
                             }
                         ]
                     },
-                    "state": {"enum": ["running", "stopped"], "default": "running"},
+                    "state": {"enum": ["running", "stopped", "suspended"], "default": "running"},
                     "replicas": {"type": "integer", "minimum": *REPLICAS_RANGE.start(), "maximum": *REPLICAS_RANGE.end(), "default": 1},
                     "cpus": {"type": "integer", "minimum": *CPUS_RANGE.start(), "maximum": *CPUS_RANGE.end(), "default": DEFAULT_CPUS},
                     "memory": {

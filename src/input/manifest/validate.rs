@@ -472,11 +472,12 @@ pub(super) fn validate_spec(
         Some((_, v)) => match ctx.string(v, "spec.state") {
             Some("running") => DesiredState::Running,
             Some("stopped") => DesiredState::Stopped,
+            Some("suspended") => DesiredState::Suspended,
             Some(other) => {
                 ctx.err(
                     v.pos,
                     format!(
-                        "spec.state: must be \"running\" or \"stopped\", got \"{}\"",
+                        "spec.state: must be \"running\", \"stopped\" or \"suspended\", got \"{}\"",
                         clip(other)
                     ),
                 );
