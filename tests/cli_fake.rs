@@ -1111,6 +1111,36 @@ fn manifest_state_suspended_converges() {
     assert_eq!(status("beta"), "suspended");
 }
 
+/// `suspend --all` (host shutdown): every running instance is suspended, a second run has
+/// nothing to do, and the next apply resumes them all.
+#[test]
+fn suspend_all_then_apply_resumes_everything() {
+    let e = env();
+    assert_eq!(code(&e.run(&["apply", "-f", e.dir()])), 0);
+    let o = e.run(&["suspend", "--all"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.matches("suspended in").count(), 2, "{out}");
+    let ps: serde_json::Value =
+        serde_json::from_slice(&e.run(&["ps", "-o", "json"]).stdout).unwrap();
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "suspended"),
+        "{ps}"
+    );
+    let o = e.run(&["suspend", "--all"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("no running instance"), "{}", text(&o));
+    // An id and --all together, or neither, is a usage error.
+    assert_eq!(code(&e.run(&["suspend", "--all", "alpha"])), 2);
+    assert_eq!(code(&e.run(&["suspend"])), 2);
+    let a = e.run(&["apply", "-f", e.dir()]);
+    assert_eq!(code(&a), 0, "{}", text(&a));
+    assert_all_ready(&e);
+}
+
 /// Every instance in `ps` is ready.
 fn assert_all_ready(e: &Env) {
     let ps: serde_json::Value =
