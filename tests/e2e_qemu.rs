@@ -74,6 +74,20 @@ fn repo() -> PathBuf {
 
 /// The guest image: `$CLAWFARM_GUEST_IMAGE` (set by `scripts/test.sh`), else the cached one
 /// from `scripts/build-guest-image.sh` (built when missing).
+/// The image of the cloud-kernel variant (no 9p: `CLAWFARM_GUEST_KERNEL=cloud
+/// scripts/build-guest-image.sh`), from `CLAWFARM_GUEST_IMAGE_CLOUD` (scripts/test.sh builds
+/// and sets it); else the default image, and the no-9p assertions are skipped (said in the
+/// log).
+fn cloud_guest_image() -> PathBuf {
+    match std::env::var_os("CLAWFARM_GUEST_IMAGE_CLOUD").filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => {
+            log("CLAWFARM_GUEST_IMAGE_CLOUD not set: the default image, no-9p checks skipped");
+            guest_image()
+        }
+    }
+}
+
 fn guest_image() -> PathBuf {
     if let Some(p) = std::env::var_os("CLAWFARM_GUEST_IMAGE").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
@@ -776,7 +790,7 @@ async fn e2e_checkpoints() {
     ] {
         need(t);
     }
-    let image = guest_image();
+    let image = cloud_guest_image();
     log(format!("guest image {}", image.display()));
     let work = tempfile::Builder::new()
         .prefix("cf-ck")
