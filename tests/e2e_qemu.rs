@@ -767,8 +767,10 @@ fn vm_pid(home: &Home, clawid: &str) -> Option<u64> {
 ///    ready at once, the guest clock is the host's;
 /// 3. `suspend` → no QEMU; `start` → ready with a guest process from before still running;
 /// 4. bad input (existing tag, bad tag, unknown tag) → clear error, nothing changed;
-/// 5. `kill -9` of clawfarm mid-checkpoint and mid-suspend, and of QEMU mid-restore → the
-///    next start/apply converges to ready;
+/// 5. `kill -9` of clawfarm mid-checkpoint and mid-suspend, and of QEMU mid-restore and
+///    mid-suspend → the next start/apply converges to ready;
+/// 5b. `state: suspended` in the manifest → apply suspends; `running` → apply resumes (a
+///    guest process from before still runs);
 /// 6. `rm` without `--purge` keeps the volume; the host reads it.
 ///
 /// Prints `MEASURE` lines (cold boot, checkpoint, restore, suspend, resume; sizes).
@@ -1031,6 +1033,26 @@ async fn e2e_checkpoints() {
     log(format!(
         "apply after QEMU was killed mid-restore → ready {cold2:.1}s"
     ));
+    assert_eq!(env.ps_row("ck")["status"], "ready");
+    assert_eq!(
+        env.ssh_ok("ck", "cat /opt/claw/hello.txt"),
+        "payload from the bundle"
+    );
+
+    // QEMU killed mid-suspend: the next apply converges to ready (a cold boot: the save
+    // never completed, so there is no usable saved state).
+    let pid = vm_pid(&home, &id).expect("running");
+    let mut c = spawn(&["suspend", "ck"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    let _ = c.wait();
+    let (ok, report, _) = apply(&env, &mdir);
+    assert!(
+        ok,
+        "apply after QEMU was killed mid-suspend failed: {report:#}"
+    );
     assert_eq!(env.ps_row("ck")["status"], "ready");
     assert_eq!(
         env.ssh_ok("ck", "cat /opt/claw/hello.txt"),
