@@ -406,8 +406,8 @@ pub struct InstanceDetail {
     pub events: Vec<Event>,
     /// Its conditions.
     pub conditions: Vec<crate::state::record::Condition>,
-    /// Checkpoints (not a capability yet: always empty).
-    pub checkpoints: Vec<String>,
+    /// Its checkpoints, oldest first (rfc/011); empty when they cannot be listed.
+    pub checkpoints: Vec<crate::driver::Checkpoint>,
 }
 
 /// The detail of one instance, looked up like the CLI does (CLAWID, name or prefix).
@@ -434,8 +434,21 @@ pub fn instance_detail(
         boots: past_boots(&all, &rec.clawid, 10),
         events: mine[from..].to_vec(),
         conditions: rec.conditions.clone(),
-        checkpoints: Vec::new(),
+        checkpoints: checkpoints_of(driver, &rec),
     })
+}
+
+/// The checkpoints of `rec`, listed through the driver. Must run off the async threads
+/// (the routes call [`instance_detail`] inside `blocking`); outside a runtime, or on an
+/// error, none.
+fn checkpoints_of(
+    driver: &dyn Driver,
+    rec: &crate::state::record::Record,
+) -> Vec<crate::driver::Checkpoint> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => h.block_on(driver.checkpoints(rec)).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Read `path` from `offset` (at most `max` bytes, from the end when more); returns the
