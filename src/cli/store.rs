@@ -95,18 +95,7 @@ pub fn images(ctx: &Ctx, args: &ImagesArgs) -> anyhow::Result<u8> {
     let users = crate::observe::image_users(&items, &records);
     match args.output {
         Output::Json => {
-            let rows: Vec<serde_json::Value> = items
-                .iter()
-                .map(|it| {
-                    let mut v = serde_json::to_value(it).expect("items serialize");
-                    v["used_by"] =
-                        serde_json::json!(users.get(&it.digest).cloned().unwrap_or_default());
-                    if it.kind == crate::store::bundle::StoredKind::Bundle {
-                        v["missing"] = serde_json::json!(missing(&ctx.home, it));
-                    }
-                    v
-                })
-                .collect();
+            let rows = crate::ui::views::images(&ctx.home);
             outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         }
         Output::Text => {
@@ -114,7 +103,8 @@ pub fn images(ctx: &Ctx, args: &ImagesArgs) -> anyhow::Result<u8> {
                 vec![["KIND", "DIGEST", "NAME", "SIZE", "USED BY", "MISSING"].map(String::from)];
             for it in &items {
                 let used = users.get(&it.digest).cloned().unwrap_or_default();
-                let missing: Vec<&str> = missing(&ctx.home, it)
+                let missing: Vec<&str> = it
+                    .missing(&ctx.home)
                     .into_iter()
                     .map(crate::util::text::short)
                     .collect();
@@ -139,15 +129,6 @@ pub fn images(ctx: &Ctx, args: &ImagesArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
-}
-
-/// The blobs a stored bundle needs that are not in the store (none for a blob).
-fn missing<'a>(home: &crate::home::Home, it: &'a crate::store::bundle::StoredItem) -> Vec<&'a str> {
-    it.blobs
-        .iter()
-        .filter(|b| !home.blob(b).is_file())
-        .map(String::as_str)
-        .collect()
 }
 
 /// `clawfarm gc`.

@@ -492,6 +492,9 @@ pub fn images(home: &Home) -> Vec<serde_json::Value> {
         .map(|it| {
             let mut v = serde_json::to_value(it).expect("items serialize");
             v["used_by"] = serde_json::json!(users.get(&it.digest).cloned().unwrap_or_default());
+            if it.kind == crate::store::bundle::StoredKind::Bundle {
+                v["missing"] = serde_json::json!(it.missing(home));
+            }
             v
         })
         .collect()
