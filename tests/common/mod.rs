@@ -176,6 +176,7 @@ impl D {
                     name: None,
                 })
                 .collect(),
+            network: Default::default(),
         }
     }
 
