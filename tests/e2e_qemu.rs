@@ -27,7 +27,7 @@
 //! 7. `clawfarm start alpha` → ready again (second boot: install/provision not rerun);
 //!    `clawfarm rm -f` keeps volumes, `rm --purge` deletes them.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -44,19 +44,13 @@ use clawfarm::driver::qemu::{QemuConfig, QemuDriver, free_port, http_answers};
 use clawfarm::home::Home;
 use clawfarm::state::record::Record;
 
+mod net_support;
+use net_support::{log_as, read_request, t0, work_dir};
+
 const API_KEY: &str = "sk-e2e-Secret'Value";
 
 fn log(msg: impl AsRef<str>) {
-    eprintln!(
-        "[e2e {:>7.1}s] {}",
-        t0().elapsed().as_secs_f64(),
-        msg.as_ref()
-    );
-}
-
-fn t0() -> Instant {
-    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *T0.get_or_init(Instant::now)
+    log_as("e2e", msg.as_ref());
 }
 
 fn need(tool: &str) {
@@ -114,15 +108,7 @@ fn serve(file: PathBuf) -> (u16, Arc<AtomicUsize>) {
             let file = file.clone();
             let hits = h2.clone();
             std::thread::spawn(move || {
-                let mut rd = BufReader::new(c.try_clone().unwrap());
-                let mut first = String::new();
-                let _ = rd.read_line(&mut first);
-                loop {
-                    let mut l = String::new();
-                    if rd.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
-                        break;
-                    }
-                }
+                let first = read_request(&c);
                 hits.fetch_add(1, Ordering::SeqCst);
                 let name = file.file_name().unwrap().to_string_lossy().to_string();
                 if !first.starts_with(&format!("GET /{name} ")) {
@@ -367,6 +353,7 @@ fn bare_boot(dir: &Path, blob: &Path, seed: &Path, payload: &Path, vol: &Path) -
         payload: Some(payload_img),
         volumes: vec![("claw-vol0".into(), vol.to_owned())],
         loadvm: None,
+        restrict_net: true,
     };
     let t = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
@@ -414,11 +401,7 @@ async fn e2e_real_guests() {
     }
     let image = guest_image();
     log(format!("guest image {}", image.display()));
-    // Short paths: unix socket paths are limited to 107 bytes.
-    let work = tempfile::Builder::new()
-        .prefix("cf-e2e")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let work = work_dir("cf-e2e");
     let home = Home::new(work.path().join("h"));
     home.ensure().unwrap();
     let _cleanup = KillVms(home.clone());
@@ -794,10 +777,7 @@ async fn e2e_checkpoints() {
     }
     let image = cloud_guest_image();
     log(format!("guest image {}", image.display()));
-    let work = tempfile::Builder::new()
-        .prefix("cf-ck")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let work = work_dir("cf-ck");
     let home = Home::new(work.path().join("h"));
     home.ensure().unwrap();
     let _cleanup = KillVms(home.clone());

@@ -263,7 +263,7 @@ fn unknown_fields() {
     );
     one(
         &doc("  foo: 2\n"),
-        "7:3: unknown field \"foo\" in spec (expected one of: clawbox, state, replicas, cpus, memory, ports, params, volumes)",
+        "7:3: unknown field \"foo\" in spec (expected one of: clawbox, state, replicas, cpus, memory, ports, params, volumes, network)",
     );
     one(
         &format!("{}extra: 1\n", doc("")),

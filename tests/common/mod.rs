@@ -180,6 +180,7 @@ impl D {
                     name: None,
                 })
                 .collect(),
+            network: Default::default(),
         }
     }
 
