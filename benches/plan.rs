@@ -77,6 +77,7 @@ fn desired(n: usize) -> Vec<Arc<DesiredInstance>> {
                     cpus: 1,
                     memory_mib: 1024,
                     ports: vec![],
+                    network: Default::default(),
                 },
                 params: vec![],
                 volumes: vec![],

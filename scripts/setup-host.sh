@@ -17,6 +17,7 @@ command -v curl >/dev/null || need+=(curl)
 # The dashboard's browser tests (tests/ui_browser.rs) drive headless Chromium over WebDriver.
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v nft >/dev/null || need+=(nftables)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup-host: installing ${need[*]}" >&2
@@ -30,4 +31,10 @@ fi
 command -v qemu-img >/dev/null || {
   apt-get install -y -qq --no-install-recommends --allow-downgrades qemu-utils/bookworm >&2
 }
+# QEMU never runs as root: clawfarm starts it as this system user (rfc/012-sandbox.md).
+if ! getent passwd clawfarm-qemu >/dev/null; then
+  echo "setup-host: creating system user clawfarm-qemu" >&2
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+    --user-group clawfarm-qemu
+fi
 echo "setup-host: ok ($(qemu-system-x86_64 --version | head -1))" >&2

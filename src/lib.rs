@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! clawfarm: a declarative reconciler for AI-agent VM sandboxes.
 //!
 //! The library is organised the way the reconcile loop runs (`rfc/000-map-of-the-code.md`):
@@ -18,6 +19,7 @@
 pub mod cli;
 pub mod desired;
 pub mod driver;
+pub mod egress;
 pub mod home;
 pub mod input;
 pub mod observe;

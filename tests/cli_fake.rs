@@ -1052,6 +1052,95 @@ fn apply_resumes_a_suspended_instance() {
     assert_all_ready(&e);
 }
 
+/// `state: suspended` in a manifest: apply boots, waits and suspends; a second apply has
+/// nothing to do; `running` resumes it; back to `suspended` suspends it again; `plan` says
+/// so at each step.
+#[test]
+fn manifest_state_suspended_converges() {
+    let e = env();
+    let status = |name: &str| -> String {
+        let ps: serde_json::Value =
+            serde_json::from_slice(&e.run(&["ps", "-o", "json"]).stdout).unwrap();
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .map(|i| i["status"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    let write = |state: &str| {
+        std::fs::write(
+            e.dir.join("beta.yaml"),
+            manifest("beta", &format!("  state: {state}\n")),
+        )
+        .unwrap()
+    };
+    write("suspended");
+    let a = e.run(&["apply", "-f", e.dir()]);
+    assert_eq!(code(&a), 0, "{}", text(&a));
+    assert_eq!(status("beta"), "suspended");
+    assert_eq!(status("alpha"), "ready");
+    let p = e.run(&["plan", "-f", e.dir()]);
+    assert_eq!(code(&p), 0, "steady: {}", text(&p));
+
+    write("running");
+    let p = e.run(&["plan", "-f", e.dir()]);
+    assert!(
+        text(&p).contains("suspended: start resumes it"),
+        "{}",
+        text(&p)
+    );
+    assert_eq!(code(&e.run(&["apply", "-f", e.dir()])), 0);
+    assert_eq!(status("beta"), "ready");
+
+    write("suspended");
+    let p = e.run(&["plan", "-f", e.dir()]);
+    assert!(text(&p).contains("desired state suspended"), "{}", text(&p));
+    assert_eq!(code(&e.run(&["apply", "-f", e.dir()])), 0);
+    assert_eq!(status("beta"), "suspended");
+
+    // A bad value is refused at its line, and the instance stays as it is.
+    write("paused");
+    let a = e.run(&["apply", "-f", e.dir()]);
+    assert_eq!(code(&a), 1, "{}", text(&a));
+    assert!(
+        text(&a).contains(r#"spec.state: must be "running", "stopped" or "suspended""#),
+        "{}",
+        text(&a)
+    );
+    assert_eq!(status("beta"), "suspended");
+}
+
+/// `suspend --all` (host shutdown): every running instance is suspended, a second run has
+/// nothing to do, and the next apply resumes them all.
+#[test]
+fn suspend_all_then_apply_resumes_everything() {
+    let e = env();
+    assert_eq!(code(&e.run(&["apply", "-f", e.dir()])), 0);
+    let o = e.run(&["suspend", "--all"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.matches("suspended in").count(), 2, "{out}");
+    let ps: serde_json::Value =
+        serde_json::from_slice(&e.run(&["ps", "-o", "json"]).stdout).unwrap();
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "suspended"),
+        "{ps}"
+    );
+    let o = e.run(&["suspend", "--all"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("no running instance"), "{}", text(&o));
+    // An id and --all together, or neither, is a usage error.
+    assert_eq!(code(&e.run(&["suspend", "--all", "alpha"])), 2);
+    assert_eq!(code(&e.run(&["suspend"])), 2);
+    let a = e.run(&["apply", "-f", e.dir()]);
+    assert_eq!(code(&a), 0, "{}", text(&a));
+    assert_all_ready(&e);
+}
+
 /// Every instance in `ps` is ready.
 fn assert_all_ready(e: &Env) {
     let ps: serde_json::Value =

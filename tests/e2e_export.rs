@@ -15,6 +15,9 @@
 //! 5. the first instance writes its secret into an unexpected file (`~/notes.txt`); a
 //!    second export is refused naming the param, never the value; no file is left.
 
+mod net_support;
+
+use net_support::pack_bundle;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
@@ -105,6 +108,12 @@ fn e2e_export() {
     let img = guest_image();
     let sha = clawfarm::util::digest::sha256_file(&img).unwrap();
     let t = tempfile::tempdir().unwrap();
+    // QEMU runs as clawfarm-qemu: the home must be reachable (rfc/012-sandbox.md).
+    std::fs::set_permissions(
+        t.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
     let dir = t.path();
     let src = dir.join("src");
     std::fs::create_dir_all(src.join("claw")).unwrap();
@@ -126,15 +135,7 @@ fn e2e_export() {
         "provision": [{"name": "p", "script": "echo provision >> /var/lib/claw-order\n"}]
     });
     std::fs::write(src.join("clawspec.json"), spec.to_string()).unwrap();
-    let st = Command::new("tar")
-        .arg("-czf")
-        .arg(dir.join("box.clawbox"))
-        .arg("-C")
-        .arg(&src)
-        .args(["clawspec.json", "claw"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    pack_bundle(&src, &dir.join("box.clawbox"));
 
     let h1 = Home(dir.join("home1"));
     let _k1 = KillVms(h1.0.clone());

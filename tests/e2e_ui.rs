@@ -9,34 +9,13 @@
 
 mod ui_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod net_support;
+
+use net_support::{image, sha256};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ui_support::{Browser, UiProc, browser_tools, screenshot_dir, wait_for};
-
-fn image() -> PathBuf {
-    if let Some(p) = std::env::var_os("CLAWFARM_GUEST_IMAGE").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(root.join("scripts/build-guest-image.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run build-guest-image.sh");
-    assert!(out.status.success(), "guest image build failed");
-    let s = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(s.lines().last().expect("image path").trim())
-}
-
-fn sha256(p: &Path) -> String {
-    let out = Command::new("sha256sum").arg(p).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
 
 const KEY: &str = "ui-e2e-secret-7f3a";
 
@@ -48,6 +27,12 @@ fn dashboard_follows_a_real_boot() {
     }
     let img = image();
     let t = tempfile::tempdir().unwrap();
+    // QEMU runs as clawfarm-qemu: the home must be reachable (rfc/012-sandbox.md).
+    std::fs::set_permissions(
+        t.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
     let home = t.path().join("home");
     let dir = t.path().join("agents");
     let src = t.path().join("bundle");

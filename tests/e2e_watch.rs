@@ -5,32 +5,12 @@
 //! Runs only with `CLAWFARM_E2E=1` (as `scripts/test.sh` sets), like `tests/e2e_qemu.rs`.
 //! The guest image: `$CLAWFARM_GUEST_IMAGE`, else `scripts/build-guest-image.sh` (cached).
 
-use std::path::{Path, PathBuf};
+mod net_support;
+
+use net_support::{image, sha256};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn image() -> PathBuf {
-    if let Some(p) = std::env::var_os("CLAWFARM_GUEST_IMAGE").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(root.join("scripts/build-guest-image.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run build-guest-image.sh");
-    assert!(out.status.success(), "guest image build failed");
-    let s = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(s.lines().last().expect("image path").trim())
-}
-
-fn sha256(p: &Path) -> String {
-    let out = Command::new("sha256sum").arg(p).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
 
 struct Env {
     _t: tempfile::TempDir,
@@ -105,6 +85,12 @@ fn watch_restarts_a_killed_vm_to_ready() {
     }
     let img = image();
     let t = tempfile::tempdir().unwrap();
+    // QEMU runs as an unprivileged user, which must be able to traverse to the home.
+    std::fs::set_permissions(
+        t.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
     let e = Env {
         home: t.path().join("home"),
         dir: t.path().join("agents"),

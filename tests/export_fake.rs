@@ -2,6 +2,9 @@
 //! nothing, and the secret scan's refusal (which `--force` does not override). The real
 //! scrub and layer are tested under TCG in `tests/e2e_qemu.rs` (`e2e_export`).
 
+mod net_support;
+
+use net_support::pack_bundle;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -40,15 +43,7 @@ fn env() -> Env {
     std::fs::create_dir_all(src.join("claw")).unwrap();
     std::fs::write(src.join("clawspec.json"), clawspec_json()).unwrap();
     std::fs::write(src.join("claw/hello.txt"), "payload\n").unwrap();
-    let st = Command::new("tar")
-        .arg("-czf")
-        .arg(t.path().join("demo.clawbox"))
-        .arg("-C")
-        .arg(&src)
-        .args(["clawspec.json", "claw"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    pack_bundle(&src, &t.path().join("demo.clawbox"));
     Env { t, home }
 }
 

@@ -263,7 +263,7 @@ fn unknown_fields() {
     );
     one(
         &doc("  foo: 2\n"),
-        "7:3: unknown field \"foo\" in spec (expected one of: clawbox, state, replicas, cpus, memory, ports, params, volumes)",
+        "7:3: unknown field \"foo\" in spec (expected one of: clawbox, state, replicas, cpus, memory, ports, params, volumes, network)",
     );
     one(
         &format!("{}extra: 1\n", doc("")),
@@ -342,7 +342,7 @@ fn clawbox_errors() {
 fn state_replicas_cpus() {
     one(
         &doc("  state: paused\n"),
-        "7:10: spec.state: must be \"running\" or \"stopped\", got \"paused\"",
+        "7:10: spec.state: must be \"running\", \"stopped\" or \"suspended\", got \"paused\"",
     );
     one(
         &doc("  replicas: 65\n"),

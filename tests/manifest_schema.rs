@@ -46,7 +46,8 @@ fn schema_is_json_with_closed_objects() {
     assert_eq!(
         sorted,
         vec![
-            "clawbox", "cpus", "memory", "params", "ports", "replicas", "state", "volumes"
+            "clawbox", "cpus", "memory", "network", "params", "ports", "replicas", "state",
+            "volumes"
         ]
     );
     assert_eq!(props(&schema, &["spec", "replicas"])["maximum"], 64);

@@ -336,6 +336,33 @@ fn http_rules_api_and_metrics() {
     assert_eq!(r.status(), 400);
     assert_eq!(e.status("beta"), "ready");
 
+    // Checkpoint, restore and suspend: bad input is refused and changes nothing.
+    let act = |verb: &str, body: &str| {
+        c.post(format!("{}/api/instances/{beta}/{verb}", ui.base))
+            .bearer_auth(&ui.token)
+            .body(body.to_string())
+            .send()
+            .unwrap()
+    };
+    for (verb, body, want) in [
+        ("checkpoint", r#"{"tag": "bad tag/.."}"#, 400),
+        ("checkpoint", r#"{"tag": "clawfarm-suspend"}"#, 400),
+        ("restore", "", 400),
+        ("restore", r#"{"tag": "never-taken"}"#, 409),
+        ("stop", r#"{"tag": "t"}"#, 400),
+        ("suspend", r#"{"tag": "t"}"#, 400),
+        ("hibernate", "", 404),
+    ] {
+        let r = act(verb, body);
+        assert_eq!(r.status().as_u16(), want, "{verb} {body}");
+    }
+    assert_eq!(e.status("beta"), "ready");
+    let listed = e.run(&["checkpoints", "beta"]);
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains("bad tag"),
+        "a refused checkpoint was taken"
+    );
+
     // The same-origin page request works (cookie + CSRF + Origin), and so does a bearer.
     let r = c
         .post(&stop_url)
@@ -602,7 +629,45 @@ fn browser_live_table_actions_and_screenshots() {
                 .contains(want.lines().next().unwrap())
         );
     }
+    // Checkpoint from the page (the tag is asked for), listed live; restore from the list.
+    b.click("#actions button[data-act=checkpoint]");
+    b.alert_send("from-the-page");
+    b.accept_alert();
+    wait_for(Duration::from_secs(20), "the checkpoint listed", || {
+        (b.js("return document.querySelectorAll('#checkpoints tr[data-tag=\"from-the-page\"]').length") == 1)
+            .then_some(())
+    });
+    assert!(
+        String::from_utf8_lossy(&e.run(&["checkpoints", "beta"]).stdout).contains("from-the-page")
+    );
     b.screenshot(&shots.join("instance.png"));
+    b.click("#checkpoints button[data-tag=\"from-the-page\"]");
+    let q = b.accept_alert();
+    assert!(
+        q.contains("Restore beta to checkpoint from-the-page"),
+        "{q}"
+    );
+    wait_for(Duration::from_secs(20), "the restore event", || {
+        String::from_utf8_lossy(&e.run(&["events", "beta"]).stdout)
+            .lines()
+            .any(|l| l.contains("restore") && l.contains("from-the-page"))
+            .then_some(())
+    });
+    // Suspend from the page; the button then says Resume, and resumes it.
+    b.click("#actions button[data-act=suspend]");
+    b.accept_alert();
+    wait_for(Duration::from_secs(20), "beta suspended", || {
+        (e.status("beta") == "suspended").then_some(())
+    });
+    wait_for(Duration::from_secs(20), "the Resume button", || {
+        (b.js("const x = document.querySelector('#actions button[data-act=start]'); return x ? x.textContent : null") == "Resume")
+            .then_some(())
+    });
+    b.click("#actions button[data-act=start]");
+    b.accept_alert();
+    wait_for(Duration::from_secs(20), "beta resumed", || {
+        (e.status("beta") == "ready").then_some(())
+    });
     b.goto(&format!("{}/images", ui.base));
     b.screenshot(&shots.join("images.png"));
     b.goto(&format!("{}/folder", ui.base));

@@ -46,7 +46,12 @@ pub struct RestoreArgs {
 #[derive(Debug, Args, Clone)]
 pub struct SuspendArgs {
     /// CLAWID, name, or unique CLAWID prefix.
-    pub id: String,
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub id: Option<String>,
+    /// Suspend every running instance, one after the other (host shutdown: see
+    /// examples/systemd/clawfarm-suspend.service); exit 1 if any could not be suspended.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `clawfarm volume …`.
@@ -154,19 +159,45 @@ pub fn restore(ctx: &Ctx, args: &RestoreArgs) -> anyhow::Result<u8> {
 /// `clawfarm suspend`.
 pub fn suspend(ctx: &Ctx, args: &SuspendArgs) -> anyhow::Result<u8> {
     let driver = ctx.driver()?;
-    let (r, took) = runtime()?.block_on(ops::suspend(
-        &ctx.home,
-        &*driver,
-        &args.id,
-        "clawfarm suspend",
-        say_waiting(),
-    ))?;
-    outln!(
-        "{} suspended in {:.1}s (start resumes it)",
-        r.clawid,
-        took.as_secs_f64()
-    )?;
-    Ok(0)
+    let rt = runtime()?;
+    let ids: Vec<String> = match &args.id {
+        Some(id) => vec![id.clone()],
+        None => {
+            let (observed, _) = crate::observe::observe(&ctx.home, &*driver);
+            let mut ids: Vec<String> = observed
+                .into_iter()
+                .filter(|o| o.is_running())
+                .map(|o| o.record.clawid)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut failed = 0;
+    for id in &ids {
+        let by = if args.all {
+            "clawfarm suspend --all"
+        } else {
+            "clawfarm suspend"
+        };
+        match rt.block_on(ops::suspend(&ctx.home, &*driver, id, by, say_waiting())) {
+            Ok((r, took)) => outln!(
+                "{} suspended in {:.1}s (start resumes it)",
+                r.clawid,
+                took.as_secs_f64()
+            )?,
+            // One instance that cannot be saved does not keep the others running.
+            Err(e) if args.all => {
+                eprintln!("error: {id}: {e:#}");
+                failed += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if args.all && ids.is_empty() {
+        outln!("no running instance")?;
+    }
+    Ok(u8::from(failed > 0))
 }
 
 /// `clawfarm volume …`.

@@ -113,11 +113,8 @@ pub fn logs(ctx: &Ctx, args: &LogsArgs) -> anyhow::Result<u8> {
 
 /// State, bootstrap phases and the end of the serial console.
 fn summary(drv: &dyn Driver, rec: &Record, out: &mut dyn Write) -> anyhow::Result<()> {
-    let live = drv.probe(rec);
-    let o = Observed {
-        record: rec.clone(),
-        live: live.clone(),
-    };
+    let o = Observed::of(drv, rec.clone());
+    let live = o.live.clone();
     let (status, last_error) = status_of(drv, &o);
     writeln!(out, "{} ({})  status: {status}", rec.clawid, rec.name)?;
     let rt = drv.live_runtime(rec).unwrap_or_else(|| rec.runtime.clone());

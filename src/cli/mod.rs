@@ -158,6 +158,10 @@ pub enum Command {
     /// Serve the web dashboard (instances live, boot timelines, consoles, images, actions,
     /// a JSON API and /metrics) on 127.0.0.1; prints the address to open, token included.
     Ui(ui::UiArgs),
+    /// Run the egress proxy in the foreground (started by clawfarm itself when an instance
+    /// with network policy allow or open starts; see rfc/012-sandbox.md).
+    #[command(hide = true)]
+    EgressProxy,
 }
 
 /// What every verb gets: the runtime root and the global options.
@@ -304,6 +308,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ssh(a) => logs::ssh(&ctx, &a),
         Command::Watch(a) => watch::watch(&ctx, a),
         Command::Ui(a) => ui::ui(&ctx, &a),
+        Command::EgressProxy => {
+            crate::egress::proxy::run(crate::egress::EgressConfig::from_env()?)?;
+            Ok(0)
+        }
     }
 }
 

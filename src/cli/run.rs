@@ -42,6 +42,13 @@ pub struct RunArgs {
     /// Host port forward HOST:GUEST on 127.0.0.1 (repeatable).
     #[arg(long = "port", value_name = "HOST:GUEST", value_parser = parse_port)]
     pub ports: Vec<Port>,
+    /// Network egress policy: none (default), allow (with --allow) or open.
+    #[arg(long, default_value = "none", value_parser = parse_egress)]
+    pub egress: crate::input::network::Egress,
+    /// A destination the guest may reach in `--egress allow` mode: host, host:port,
+    /// *.suffix or 127.0.0.1:PORT (repeatable).
+    #[arg(long = "allow", value_name = "HOST[:PORT]", value_parser = crate::input::network::AllowEntry::parse)]
+    pub allow: Vec<crate::input::network::AllowEntry>,
     /// Do not wait for the guest to become ready.
     #[arg(long)]
     pub no_wait: bool,
@@ -64,6 +71,11 @@ fn parse_port(s: &str) -> Result<Port, String> {
     })
 }
 
+fn parse_egress(s: &str) -> Result<crate::input::network::Egress, String> {
+    crate::input::network::Egress::parse(s)
+        .ok_or_else(|| format!("unknown policy {s:?}: use none, allow or open"))
+}
+
 /// `clawfarm run`.
 pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<u8> {
     let mut params = Vec::new();
@@ -83,6 +95,19 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<u8> {
         memory_mib: args.memory,
         ports: args.ports,
         volumes: Vec::new(),
+        network: {
+            use crate::input::network::{Egress, Network};
+            if args.egress == Egress::Allow && args.allow.is_empty() {
+                anyhow::bail!("--egress allow needs at least one --allow HOST[:PORT]");
+            }
+            if args.egress == Egress::None && !args.allow.is_empty() {
+                anyhow::bail!("--allow needs --egress allow or open");
+            }
+            Network {
+                egress: args.egress,
+                allow: args.allow,
+            }
+        },
     };
     ctx.ensure_home()?;
     let driver = ctx.driver()?;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 
 use super::{Ctx, Output, apply_lock, error_chain, print_table, runtime};
@@ -15,6 +15,10 @@ use crate::util::text::human_bytes;
 pub struct ImportArgs {
     /// The `.clawbox` bundle (tar.gz, or a plain JSON clawspec).
     pub bundle: PathBuf,
+    /// Only record the bundle: do not fetch the images it refers to (`images` lists them as
+    /// missing; `run` and `apply` fetch them).
+    #[arg(long)]
+    pub no_fetch: bool,
 }
 
 /// Arguments of `clawfarm images`.
@@ -54,6 +58,33 @@ pub fn import(ctx: &Ctx, args: &ImportArgs) -> anyhow::Result<u8> {
             "already imported"
         }
     )?;
+    if args.no_fetch {
+        return Ok(0);
+    }
+    // Every image the box refers to outside itself (its base, a remote run image), fetched
+    // and verified now, so that `run` and `apply` work offline afterwards. Images inside the
+    // box (`clawbox:///…`) were stored by the import.
+    let driver = ctx.driver()?;
+    for img in &b.clawspec.image {
+        if matches!(
+            crate::input::image_ref::parse_ref(&img.reference),
+            Ok(crate::input::image_ref::ImageSource::Clawbox(_))
+        ) {
+            continue;
+        }
+        let stored = ctx.home.blob(&img.sha256).is_file();
+        if !stored {
+            runtime()?
+                .block_on(driver.fetch_blob(img))
+                .with_context(|| format!("image {:?} of {}", img.name, b.clawspec.name))?;
+        }
+        outln!(
+            "  image {} {} ({})",
+            img.name,
+            crate::util::text::short(&img.sha256),
+            if stored { "already stored" } else { "fetched" }
+        )?;
+    }
     Ok(0)
 }
 
@@ -64,21 +95,19 @@ pub fn images(ctx: &Ctx, args: &ImagesArgs) -> anyhow::Result<u8> {
     let users = crate::observe::image_users(&items, &records);
     match args.output {
         Output::Json => {
-            let rows: Vec<serde_json::Value> = items
-                .iter()
-                .map(|it| {
-                    let mut v = serde_json::to_value(it).expect("items serialize");
-                    v["used_by"] =
-                        serde_json::json!(users.get(&it.digest).cloned().unwrap_or_default());
-                    v
-                })
-                .collect();
+            let rows = crate::ui::views::images(&ctx.home);
             outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         }
         Output::Text => {
-            let mut t = vec![["KIND", "DIGEST", "NAME", "SIZE", "USED BY"].map(String::from)];
+            let mut t =
+                vec![["KIND", "DIGEST", "NAME", "SIZE", "USED BY", "MISSING"].map(String::from)];
             for it in &items {
                 let used = users.get(&it.digest).cloned().unwrap_or_default();
+                let missing: Vec<&str> = it
+                    .missing(&ctx.home)
+                    .into_iter()
+                    .map(crate::util::text::short)
+                    .collect();
                 t.push([
                     format!("{:?}", it.kind).to_lowercase(),
                     crate::util::text::short(&it.digest).to_string(),
@@ -88,6 +117,11 @@ pub fn images(ctx: &Ctx, args: &ImagesArgs) -> anyhow::Result<u8> {
                         "-".into()
                     } else {
                         used.join(",")
+                    },
+                    if missing.is_empty() {
+                        "-".into()
+                    } else {
+                        missing.join(",")
                     },
                 ]);
             }

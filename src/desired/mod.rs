@@ -38,6 +38,9 @@ pub struct Resources {
     pub memory_mib: u64,
     /// Port forwards.
     pub ports: Vec<Port>,
+    /// Network policy (`rfc/012-sandbox.md`); records without one read as `none`.
+    #[serde(default)]
+    pub network: crate::input::network::Network,
 }
 
 /// What an instance was built from; a change here needs a replace.
@@ -354,6 +357,7 @@ pub fn instances_of(
             } else {
                 claw.ports.clone()
             },
+            network: claw.network.clone(),
         };
         out.push(DesiredInstance {
             clawid: clawid_for(&name),

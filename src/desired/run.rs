@@ -32,6 +32,8 @@ pub struct RunRequest {
     pub ports: Vec<Port>,
     /// Volumes.
     pub volumes: Vec<Volume>,
+    /// Network policy.
+    pub network: crate::input::network::Network,
 }
 
 /// Parse a param file: `KEY=VALUE` lines; blank lines and `#` comments are skipped; a
@@ -133,6 +135,7 @@ pub async fn desired_instance(
         param_locs: params.keys().map(|k| (k.clone(), loc.clone())).collect(),
         params,
         volumes: req.volumes.clone(),
+        network: req.network.clone(),
     };
     let mut inst = match instances_of(&claw, Arc::new(bundle), penv) {
         Ok(mut v) => v.remove(0),

@@ -4,3 +4,4 @@
 pub mod clawspec;
 pub mod image_ref;
 pub mod manifest;
+pub mod network;

@@ -22,9 +22,22 @@ pub struct Observed {
     pub record: Record,
     /// Liveness of the process it names.
     pub live: Liveness,
+    /// A saved suspend state is there (the next start resumes it).
+    pub suspended: bool,
 }
 
 impl Observed {
+    /// Probe the process `record` names and whether a suspend state is saved.
+    pub fn of(driver: &dyn Driver, record: Record) -> Observed {
+        let live = driver.probe(&record);
+        let suspended = !matches!(live, Liveness::Running(_)) && driver.suspended(&record.clawid);
+        Observed {
+            record,
+            live,
+            suspended,
+        }
+    }
+
     /// True when its QEMU is running.
     pub fn is_running(&self) -> bool {
         matches!(self.live, Liveness::Running(_))
@@ -35,12 +48,7 @@ impl Observed {
 /// instances they describe are left alone by the planner (it never sees them).
 pub fn observe(home: &Home, driver: &dyn Driver) -> (Vec<Observed>, Vec<RecordError>) {
     let (records, errors) = Record::read_all(home);
-    let lives = crate::util::par::par_map(&records, |r| driver.probe(r));
-    let observed = records
-        .into_iter()
-        .zip(lives)
-        .map(|(record, live)| Observed { record, live })
-        .collect();
+    let observed = crate::util::par::par_map(&records, |r| Observed::of(driver, r.clone()));
     (observed, errors)
 }
 
@@ -107,6 +115,33 @@ pub struct InstanceRow {
     pub accel: Option<String>,
     /// Restarts after unexpected exits.
     pub restarts: u32,
+    /// Network policy: `none`, `allow` or `open` (`rfc/012-sandbox.md`).
+    pub network: String,
+    /// Egress verdicts in the event log.
+    pub egress: EgressCounts,
+}
+
+/// How many egress events an instance has (`rfc/012-sandbox.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EgressCounts {
+    /// Connections the proxy let through (logged in `allow` mode only).
+    pub allowed: u64,
+    /// Connections the proxy refused.
+    pub refused: u64,
+}
+
+/// Count the egress events of each instance in `events`.
+pub fn egress_counts(events: &[crate::state::events::Event]) -> BTreeMap<String, EgressCounts> {
+    let mut m: BTreeMap<String, EgressCounts> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.action == "egress") {
+        let c = m.entry(e.instance.clone()).or_default();
+        match e.result.as_str() {
+            "allowed" => c.allowed += 1,
+            "refused" => c.refused += 1,
+            _ => {}
+        }
+    }
+    m
 }
 
 /// The row of one observed instance.
@@ -126,6 +161,8 @@ pub fn row(driver: &dyn Driver, o: &Observed) -> InstanceRow {
         last_error,
         accel: r.runtime.accel.clone(),
         restarts: r.restart_count,
+        network: r.resources.network.egress.to_string(),
+        egress: EgressCounts::default(),
     }
 }
 
@@ -150,6 +187,8 @@ pub fn unreadable_row(driver: &dyn Driver, e: &RecordError) -> Option<InstanceRo
         )),
         accel: None,
         restarts: 0,
+        network: "unknown".into(),
+        egress: EgressCounts::default(),
     })
 }
 
@@ -157,8 +196,12 @@ pub fn unreadable_row(driver: &dyn Driver, e: &RecordError) -> Option<InstanceRo
 /// plus the records that could not be read.
 pub fn rows(home: &Home, driver: &dyn Driver) -> (Vec<InstanceRow>, Vec<RecordError>) {
     let (actual, errors) = observe(home, driver);
+    let counts = egress_counts(&crate::state::events::read(&home.events_log()).unwrap_or_default());
     let mut rows: Vec<InstanceRow> = actual.iter().map(|o| row(driver, o)).collect();
     rows.extend(errors.iter().filter_map(|e| unreadable_row(driver, e)));
+    for r in &mut rows {
+        r.egress = counts.get(&r.clawid).copied().unwrap_or_default();
+    }
     rows.sort_by(|a, b| a.clawid.cmp(&b.clawid));
     (rows, errors)
 }

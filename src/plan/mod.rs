@@ -69,6 +69,11 @@ pub enum Action {
         /// Instance.
         clawid: String,
     },
+    /// Save the running state and end QEMU (`state: suspended`).
+    Suspend {
+        /// Instance.
+        clawid: String,
+    },
 }
 
 impl Action {
@@ -81,7 +86,8 @@ impl Action {
             | Action::CreateDisk { clawid }
             | Action::WriteSeed { clawid }
             | Action::Start { clawid }
-            | Action::WaitReady { clawid } => Some(clawid),
+            | Action::WaitReady { clawid }
+            | Action::Suspend { clawid } => Some(clawid),
         }
     }
 
@@ -96,6 +102,7 @@ impl Action {
             Action::WriteSeed { .. } => "write-seed",
             Action::Start { .. } => "start",
             Action::WaitReady { .. } => "wait-ready",
+            Action::Suspend { .. } => "suspend",
         }
     }
 }
@@ -126,6 +133,8 @@ pub enum ChangeKind {
     Start,
     /// Running but should not be.
     Stop,
+    /// Should be suspended: running (suspend it) or cold (boot it, then suspend it).
+    Suspend,
     /// Record-only change (e.g. resources of a stopped VM).
     Update,
     /// Gone from the manifests, and pruning is on.
@@ -143,6 +152,7 @@ impl ChangeKind {
             ChangeKind::Restart => '~',
             ChangeKind::Start => '>',
             ChangeKind::Stop => '.',
+            ChangeKind::Suspend => '_',
             ChangeKind::Update => '~',
             ChangeKind::Delete => '-',
             ChangeKind::Noop => ' ',
@@ -156,6 +166,7 @@ impl ChangeKind {
             ChangeKind::Restart => "restart",
             ChangeKind::Start => "start",
             ChangeKind::Stop => "stop",
+            ChangeKind::Suspend => "suspend",
             ChangeKind::Update => "update",
             ChangeKind::Delete => "delete",
             ChangeKind::Noop => "noop",
@@ -310,6 +321,7 @@ impl Plan {
             ChangeKind::Restart,
             ChangeKind::Start,
             ChangeKind::Stop,
+            ChangeKind::Suspend,
             ChangeKind::Update,
             ChangeKind::Delete,
         ] {
@@ -561,11 +573,14 @@ pub fn plan(desired: &[Arc<DesiredInstance>], actual: &[Observed], opts: &PlanOp
                     Action::CreateDisk { clawid: id() },
                     Action::WriteSeed { clawid: id() },
                 ]);
-                if d.state == DesiredState::Running {
+                if d.state != DesiredState::Stopped {
                     actions.extend([
                         Action::Start { clawid: id() },
                         Action::WaitReady { clawid: id() },
                     ]);
+                }
+                if d.state == DesiredState::Suspended {
+                    actions.push(Action::Suspend { clawid: id() });
                 }
                 ChangeKind::Create
             }
@@ -580,12 +595,17 @@ pub fn plan(desired: &[Arc<DesiredInstance>], actual: &[Observed], opts: &PlanOp
                 let rep = replace_reasons(d, r, &secret_keys);
                 let res = restart_reasons(d, r);
                 let want_run = d.state == DesiredState::Running;
+                let want_suspended = d.state == DesiredState::Suspended;
+                // Booted (and, for `suspended`, saved) at the end of a chain.
                 let run_tail = |a: &mut Vec<Action>| {
-                    if want_run {
+                    if d.state != DesiredState::Stopped {
                         a.extend([
                             Action::Start { clawid: id() },
                             Action::WaitReady { clawid: id() },
                         ]);
+                    }
+                    if want_suspended {
+                        a.push(Action::Suspend { clawid: id() });
                     }
                 };
                 if !rep.is_empty() {
@@ -609,15 +629,15 @@ pub fn plan(desired: &[Arc<DesiredInstance>], actual: &[Observed], opts: &PlanOp
                         Action::CreateDisk { clawid: id() },
                         Action::WriteSeed { clawid: id() },
                     ]);
-                    if want_run {
-                        run_tail(&mut actions);
-                    } else if running {
+                    if !want_run && !want_suspended && running {
                         actions.push(Action::Stop { clawid: id() });
+                    } else {
+                        run_tail(&mut actions);
                     }
                     ChangeKind::Create
                 } else if !res.is_empty() {
                     reasons = res;
-                    if want_run {
+                    if want_run || (want_suspended && running) {
                         if running {
                             actions.push(Action::Stop { clawid: id() });
                         }
@@ -631,12 +651,22 @@ pub fn plan(desired: &[Arc<DesiredInstance>], actual: &[Observed], opts: &PlanOp
                     }
                 } else if want_run && !running {
                     reasons.push(match (&o.live, r.phase) {
+                        _ if o.suspended => "suspended: start resumes it".into(),
                         (Liveness::Exited, _) => "exited unexpectedly".into(),
                         (_, Phase::Failed) => "last start failed".into(),
                         _ => "not running".into(),
                     });
                     run_tail(&mut actions);
                     ChangeKind::Start
+                } else if want_suspended && running {
+                    reasons.push("desired state suspended".into());
+                    actions.push(Action::Suspend { clawid: id() });
+                    ChangeKind::Suspend
+                } else if want_suspended && !o.suspended {
+                    // Nothing saved to resume: boot it once, then save it.
+                    reasons.push("no saved state: boot, then suspend".into());
+                    run_tail(&mut actions);
+                    ChangeKind::Suspend
                 } else if !want_run && running {
                     reasons.push("desired state stopped".into());
                     actions.push(Action::Stop { clawid: id() });

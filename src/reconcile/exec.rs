@@ -562,6 +562,17 @@ async fn instance_action(
             r.mark_booting(rt);
             save(r)?;
         }
+        Action::Suspend { .. } => {
+            let mut r = need_record(current)?;
+            if let Some(d) = desired {
+                adopt_desired(&s.ctx, &mut r, d);
+            }
+            // Saved once ready (also under --no-wait), so a resume gives a ready guest.
+            s.driver.wait_ready(&r).await?;
+            s.driver.suspend(&r).await?;
+            r.mark_suspended("its manifest (state: suspended)");
+            save(r)?;
+        }
         Action::WaitReady { .. } => {
             let r = need_record(current)?;
             s.driver.wait_ready(&r).await?;

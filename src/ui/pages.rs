@@ -89,7 +89,9 @@ pub fn instance(csrf: &str, d: &InstanceDetail, has_folder: bool) -> String {
 <section><h2>Bootstrap log</h2><table id=\"bootlines\" class=\"grid\"><thead><tr><th>Time</th><th>Phase</th><th>State</th><th>Exit</th></tr></thead><tbody></tbody></table></section>\
 <section><h2>Events</h2><table id=\"events\" class=\"grid\"><thead><tr><th>Time</th><th>Action</th><th>Result</th><th>Message</th></tr></thead><tbody></tbody></table></section>\
 <section><h2>Manifest <span class=\"muted small\">{mpath} (param values hidden)</span></h2><pre id=\"manifest\" class=\"code\">{manifest}</pre></section>\
-<section><h2>Checkpoints</h2><p class=\"muted\">Checkpoints are not a clawfarm capability yet.</p></section>",
+<section><h2>Checkpoints <span class=\"muted small\">(RAM, devices, disk and volumes; restore puts the instance back to that moment, running)</span></h2>\
+<table id=\"checkpoints\" class=\"grid\"><thead><tr><th>Tag</th><th>Taken</th><th>VM state</th><th>Volumes</th><th></th></tr></thead><tbody></tbody></table>\
+<p id=\"nocheckpoints\" class=\"muted\">No checkpoint yet.</p></section>",
         name = esc(&r.name),
         id = esc(&r.clawid),
         data = script_json(d),

@@ -521,6 +521,8 @@ struct ActionBody {
     purge: bool,
     /// `rm` with `purge`: the instance's name, typed again (the second confirmation).
     confirm: Option<String>,
+    /// `checkpoint` (optional: a time-based tag) and `restore` (required): the tag.
+    tag: Option<String>,
 }
 
 async fn post(ui: Arc<Ui>, req: Request<Incoming>, path: &str) -> Response<Body> {
@@ -555,6 +557,14 @@ async fn post(ui: Arc<Ui>, req: Request<Incoming>, path: &str) -> Response<Body>
             StatusCode::BAD_REQUEST,
             format!("{verb} takes no purge or confirm"),
         );
+    }
+    if let Some(tag) = &args.tag {
+        if verb != "checkpoint" && verb != "restore" {
+            return api_error(StatusCode::BAD_REQUEST, format!("{verb} takes no tag"));
+        }
+        if let Err(e) = crate::driver::check_tag(tag) {
+            return api_error(StatusCode::BAD_REQUEST, format!("{e:#}"));
+        }
     }
     let by = "clawfarm ui";
     let (home, driver) = (ui.home.clone(), ui.driver.clone());
@@ -607,10 +617,35 @@ async fn post(ui: Arc<Ui>, req: Request<Incoming>, path: &str) -> Response<Body>
                     )
                 })
         }
+        "checkpoint" => {
+            let tag = args.tag.clone().unwrap_or_else(crate::driver::default_tag);
+            ops::checkpoint(&home, &*driver, &id, &tag, by, ops::quiet())
+                .await
+                .map(|(r, c)| format!("{} checkpoint {} taken", r.clawid, c.tag))
+        }
+        "restore" => {
+            let Some(tag) = args.tag.clone() else {
+                return api_error(StatusCode::BAD_REQUEST, "restore needs a tag");
+            };
+            ops::restore(&home, &*driver, &id, &tag, by, ops::quiet())
+                .await
+                .map(|r| format!("{} restored to {tag}", r.clawid))
+        }
+        "suspend" => ops::suspend(&home, &*driver, &id, by, ops::quiet())
+            .await
+            .map(|(r, took)| {
+                format!(
+                    "{} suspended in {:.1}s (start resumes it)",
+                    r.clawid,
+                    took.as_secs_f64()
+                )
+            }),
         other => {
             return api_error(
                 StatusCode::NOT_FOUND,
-                format!("no action {other:?} (start, stop, restart, rm)"),
+                format!(
+                    "no action {other:?} (start, stop, restart, rm, checkpoint, restore, suspend)"
+                ),
             );
         }
     };

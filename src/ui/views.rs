@@ -406,8 +406,8 @@ pub struct InstanceDetail {
     pub events: Vec<Event>,
     /// Its conditions.
     pub conditions: Vec<crate::state::record::Condition>,
-    /// Checkpoints (not a capability yet: always empty).
-    pub checkpoints: Vec<String>,
+    /// Its checkpoints, oldest first (rfc/011); empty when they cannot be listed.
+    pub checkpoints: Vec<crate::driver::Checkpoint>,
 }
 
 /// The detail of one instance, looked up like the CLI does (CLAWID, name or prefix).
@@ -418,11 +418,7 @@ pub fn instance_detail(
     cpu: &CpuSampler,
 ) -> Result<InstanceDetail, observe::LookupError> {
     let rec = observe::find_record(home, id)?;
-    let live = driver.probe(&rec);
-    let o = Observed {
-        record: rec.clone(),
-        live,
-    };
+    let o = Observed::of(driver, rec.clone());
     let all = crate::state::events::read(&home.events_log()).unwrap_or_default();
     let mine: Vec<Event> = all
         .iter()
@@ -438,8 +434,21 @@ pub fn instance_detail(
         boots: past_boots(&all, &rec.clawid, 10),
         events: mine[from..].to_vec(),
         conditions: rec.conditions.clone(),
-        checkpoints: Vec::new(),
+        checkpoints: checkpoints_of(driver, &rec),
     })
+}
+
+/// The checkpoints of `rec`, listed through the driver. Must run off the async threads
+/// (the routes call [`instance_detail`] inside `blocking`); outside a runtime, or on an
+/// error, none.
+fn checkpoints_of(
+    driver: &dyn Driver,
+    rec: &crate::state::record::Record,
+) -> Vec<crate::driver::Checkpoint> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => h.block_on(driver.checkpoints(rec)).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Read `path` from `offset` (at most `max` bytes, from the end when more); returns the
@@ -483,6 +492,9 @@ pub fn images(home: &Home) -> Vec<serde_json::Value> {
         .map(|it| {
             let mut v = serde_json::to_value(it).expect("items serialize");
             v["used_by"] = serde_json::json!(users.get(&it.digest).cloned().unwrap_or_default());
+            if it.kind == crate::store::bundle::StoredKind::Bundle {
+                v["missing"] = serde_json::json!(it.missing(home));
+            }
             v
         })
         .collect()

@@ -125,6 +125,10 @@ impl D {
         self.state = DesiredState::Stopped;
         self
     }
+    pub fn suspended(mut self) -> Self {
+        self.state = DesiredState::Suspended;
+        self
+    }
     pub fn build(&self) -> Arc<DesiredInstance> {
         let params = vec![
             ResolvedParam {
@@ -176,6 +180,7 @@ impl D {
                     name: None,
                 })
                 .collect(),
+            network: Default::default(),
         }
     }
 
@@ -217,24 +222,35 @@ impl D {
                 pid: 1,
                 start_time: 1,
             }),
+            suspended: false,
         }
     }
     pub fn exited(&self) -> Observed {
         Observed {
             record: self.record(Phase::Ready),
             live: Liveness::Exited,
+            suspended: false,
         }
     }
     pub fn stopped_obs(&self) -> Observed {
         Observed {
             record: self.record(Phase::Stopped),
             live: Liveness::NotStarted,
+            suspended: false,
+        }
+    }
+    /// Stopped with a saved suspend state.
+    pub fn suspended_obs(&self) -> Observed {
+        Observed {
+            suspended: true,
+            ..self.stopped_obs()
         }
     }
     pub fn creating(&self) -> Observed {
         Observed {
             record: self.record(Phase::Creating),
             live: Liveness::NotStarted,
+            suspended: false,
         }
     }
 }

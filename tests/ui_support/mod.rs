@@ -230,24 +230,34 @@ impl Browser {
 
     /// Click the element that `css` selects.
     pub fn click(&self, css: &str) {
-        let v = self.cmd(
-            reqwest::Method::POST,
-            "/element",
-            Some(json!({"using": "css selector", "value": css})),
-        );
-        let v = self.ok(v, css);
-        let id = v
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(|v| v.as_str())
-            .expect("element id")
-            .to_string();
-        let v = self.cmd(
-            reqwest::Method::POST,
-            &format!("/element/{id}/click"),
-            Some(json!({})),
-        );
-        self.ok(v, "click");
+        // The live views re-render their rows and buttons on every update: an element found
+        // just before a re-render is stale by the time it is clicked. Find it again then.
+        for attempt in 0..10 {
+            let v = self.cmd(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            );
+            let v = self.ok(v, css);
+            let id = v
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(|v| v.as_str())
+                .expect("element id")
+                .to_string();
+            let v = self.cmd(
+                reqwest::Method::POST,
+                &format!("/element/{id}/click"),
+                Some(json!({})),
+            );
+            if v.get("error").and_then(|e| e.as_str()) == Some("stale element reference")
+                && attempt < 9
+            {
+                continue;
+            }
+            self.ok(v, "click");
+            return;
+        }
     }
 
     /// The text of the open dialog, when one is open.

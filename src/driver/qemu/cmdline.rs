@@ -47,6 +47,9 @@ pub struct QemuSpec {
     pub volumes: Vec<(String, PathBuf)>,
     /// Start from this internal snapshot (`-loadvm`): a resume or a restore of a stopped VM.
     pub loadvm: Option<String>,
+    /// `restrict=on` on the user-mode network: the guest can open no connection at all
+    /// (network policy `none`); host port forwards into the guest still work.
+    pub restrict_net: bool,
 }
 
 impl QemuSpec {
@@ -104,7 +107,17 @@ impl QemuSpec {
                 opt_path(&f.seed())
             ),
         );
-        let mut net = format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:22", self.ssh_port);
+        // QEMU's seccomp filter (`rfc/012-sandbox.md`).
+        kv(&mut a, "-sandbox", super::confine::SANDBOX_ARG.into());
+        let restrict = if self.restrict_net {
+            "restrict=on,"
+        } else {
+            ""
+        };
+        let mut net = format!(
+            "user,id=net0,{restrict}hostfwd=tcp:127.0.0.1:{}-:22",
+            self.ssh_port
+        );
         for p in &self.ports {
             net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", p.host, p.guest));
         }
@@ -228,6 +241,7 @@ mod tests {
             payload: None,
             volumes: vec![],
             loadvm: None,
+            restrict_net: false,
         }
     }
 
@@ -282,7 +296,25 @@ mod tests {
                         "virtserialport,chardev=clawstatus,name=org.clawfarm.status",
                     ),
                 ],
-                absent: &["-cpu", "-daemonize"],
+                absent: &["-cpu", "-daemonize", "-runas"],
+                virtfs: 0,
+            },
+            Case {
+                name: "network none: restricted user network, forwards kept",
+                edit: |s| {
+                    s.restrict_net = true;
+                    s.ports = vec![Port {
+                        host: 18789,
+                        guest: 18789,
+                        name: None,
+                    }];
+                },
+                want: &[(
+                    "-netdev",
+                    "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22,\
+                     hostfwd=tcp:127.0.0.1:18789-:18789",
+                )],
+                absent: &[],
                 virtfs: 0,
             },
             Case {
@@ -388,6 +420,16 @@ mod tests {
                 assert_eq!(count(&args, k), 0, "{}: unexpected {k}", c.name);
             }
             assert_eq!(count(&args, "-virtfs"), c.virtfs, "{}", c.name);
+            // Every QEMU runs under its seccomp sandbox.
+            assert!(
+                has(
+                    &args,
+                    "-sandbox",
+                    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+                ),
+                "{}",
+                c.name
+            );
             // Every instance is identified by its QMP socket path in the command line.
             assert!(
                 args.iter().any(|a| a.contains(&s.files.marker())),

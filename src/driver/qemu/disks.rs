@@ -173,7 +173,16 @@ pub fn ensure_volume(
 
 /// Copy the files of volume disk `disk` into folder `dest` (created; must not exist or be
 /// empty). Reads the disk with `-U` (shared), so callers must make sure no VM writes it.
-pub fn export_volume(qemu_img: &Path, disk: &Path, dest: &Path) -> anyhow::Result<()> {
+///
+/// The guest wrote the disk, so nothing of its metadata is trusted (`rfc/012-sandbox.md`):
+/// the copies belong to the user running the export (the guest's owners are dropped),
+/// setuid, setgid and sticky bits are cleared, and device nodes, FIFOs and sockets are not
+/// copied (`debugfs rdump` skips them; [`sanitize_tree`] removes any that appear). The work
+/// happens in a 0700 folder next to `dest`, so nothing is ever visible with the guest's
+/// owners or modes, and the final move stays on one filesystem.
+///
+/// Returns how many special files (devices, FIFOs, sockets) were left out.
+pub fn export_volume(qemu_img: &Path, disk: &Path, dest: &Path) -> anyhow::Result<u64> {
     if !disk.is_file() {
         bail!("volume disk {} does not exist", disk.display());
     }
@@ -184,13 +193,14 @@ pub fn export_volume(qemu_img: &Path, disk: &Path, dest: &Path) -> anyhow::Resul
     {
         bail!("{} exists and is not an empty folder", dest.display());
     }
-    let scratch = Scratch(
-        disk.parent()
-            .unwrap_or(Path::new("."))
-            .join(format!(".export.{}", std::process::id())),
-    );
+    let dest_abs =
+        std::path::absolute(dest).with_context(|| format!("cannot resolve {}", dest.display()))?;
+    let parent = dest_abs.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let scratch = Scratch(parent.join(format!(".clawfarm-export.{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&scratch.0);
-    std::fs::create_dir(&scratch.0)
+    fsutil::create_dir_mode(&scratch.0, 0o700)
         .with_context(|| format!("cannot create {}", scratch.0.display()))?;
     let raw: PathBuf = scratch.0.join("volume.raw");
     run(
@@ -200,7 +210,6 @@ pub fn export_volume(qemu_img: &Path, disk: &Path, dest: &Path) -> anyhow::Resul
             .arg(&raw),
         "qemu-img convert (volume export)",
     )?;
-    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     let out = scratch.0.join("tree");
     std::fs::create_dir(&out)?;
     run(
@@ -210,6 +219,9 @@ pub fn export_volume(qemu_img: &Path, disk: &Path, dest: &Path) -> anyhow::Resul
             .arg(&raw),
         "debugfs rdump (volume export)",
     )?;
+    let skipped = sanitize_tree(&out)
+        .with_context(|| format!("cannot reset owners and modes under {}", out.display()))?;
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     // rdump of `/` writes the root's entries into `out` (lost+found is ext4's, not data).
     for e in std::fs::read_dir(&out)? {
         let e = e?;
@@ -220,7 +232,52 @@ pub fn export_volume(qemu_img: &Path, disk: &Path, dest: &Path) -> anyhow::Resul
             format!("cannot move {} into {}", e.path().display(), dest.display())
         })?;
     }
-    Ok(())
+    if skipped > 0 {
+        tracing::warn!(
+            "volume export {}: {skipped} device node(s), FIFO(s) or socket(s) not copied",
+            disk.display()
+        );
+    }
+    Ok(skipped)
+}
+
+/// Make every entry under `dir` (not `dir` itself) a plain file, folder or symbolic link
+/// of the calling user: owner and group set to the caller's, modes cut to the permission
+/// bits (no setuid, setgid or sticky bit; folders keep `u+rwx`), anything else (device
+/// nodes, FIFOs, sockets) removed. Symbolic links are never followed. Returns how many
+/// entries were removed.
+pub fn sanitize_tree(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (uid, gid) = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    let mut removed = 0;
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let m = std::fs::symlink_metadata(&p)?;
+        let t = m.file_type();
+        if !(t.is_file() || t.is_dir() || t.is_symlink()) {
+            std::fs::remove_file(&p)?;
+            removed += 1;
+            continue;
+        }
+        if m.uid() != uid || m.gid() != gid {
+            std::os::unix::fs::lchown(&p, Some(uid), Some(gid))?;
+        }
+        if t.is_symlink() {
+            continue;
+        }
+        let mode = if t.is_dir() {
+            removed += sanitize_tree(&p)?;
+            (m.mode() & 0o777) | 0o700
+        } else {
+            m.mode() & 0o777
+        };
+        // Set after the chown (which may itself clear setuid): the final mode is exact.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(removed)
 }
 
 /// A scratch folder removed on drop.

@@ -185,6 +185,7 @@ pub async fn scrub(
     work: &Path,
     memory_mib: u64,
     timeout: Duration,
+    user: Option<super::confine::QemuUser>,
 ) -> anyhow::Result<Duration> {
     let files = work_files(work);
     let id = format!(
@@ -207,11 +208,21 @@ pub async fn scrub(
         payload: None,
         volumes: Vec::new(),
         loadvm: None,
+        // The scrub needs no network; the disk it boots is the instance's.
+        restrict_net: true,
     };
+    // Confined like any instance QEMU (`rfc/012-sandbox.md`): never root.
+    if let Some(u) = user {
+        super::confine::prepare_work(work, &[snapshot_path(work), files.disk(), files.seed()], u)?;
+    }
     let log = std::fs::File::create(files.qemu_log())
         .with_context(|| format!("cannot create {}", files.qemu_log().display()))?;
     let t0 = std::time::Instant::now();
-    let mut child = tokio::process::Command::new(qemu)
+    let mut cmd = tokio::process::Command::new(qemu);
+    if let Some(u) = user {
+        cmd.uid(u.uid).gid(u.gid);
+    }
+    let mut child = cmd
         .args(spec.args().into_iter().map(|a| {
             // Zero writes of the scrub's free-space fill become discards (rfc/010 §3).
             if a.contains(",discard=unmap") {

@@ -21,6 +21,7 @@
 //!   serial.log         serial console of the current boot (serial.prev.log: the one before)
 //!   status.log         guest status lines (virtio-serial port org.clawfarm.status)
 //!   qemu.log           QEMU's stdout/stderr plus one line per clawfarm start/stop
+//!   egress.token       the instance's egress proxy token, 0600
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -87,6 +88,9 @@ impl InstanceFiles {
     file!(
         /// Guest status lines of the boot before (a cold boot moves `status.log` here).
         status_prev_log, "status.prev.log");
+    file!(
+        /// The instance's egress proxy token (0600, made once; `rfc/012-sandbox.md`).
+        egress_token, "egress.token");
     file!(
         /// Login key of user `claw`.
         key, "id_ed25519");

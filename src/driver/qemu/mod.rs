@@ -12,6 +12,7 @@
 
 pub mod accel;
 pub mod cmdline;
+pub mod confine;
 pub mod disks;
 pub mod export;
 pub mod guest;
@@ -73,8 +74,15 @@ pub struct QemuConfig {
     /// Extra CA certificates for guests (`CLAWFARM_GUEST_CA_CERTS`: a PEM file, or `host`
     /// for this host's bundle `/etc/ssl/certs/ca-certificates.crt`).
     pub guest_ca_certs: Option<PathBuf>,
-    /// HTTP(S) proxy URL for guests (`CLAWFARM_GUEST_PROXY`).
+    /// HTTP(S) proxy URL for guests (`CLAWFARM_GUEST_PROXY`). The guest's proxy is now
+    /// always clawfarm's egress proxy (`rfc/012-sandbox.md`): an instance whose network
+    /// policy uses it refuses to start while this is set (no chaining yet).
     pub guest_proxy: Option<String>,
+    /// The user QEMU runs as when clawfarm is root (`CLAWFARM_QEMU_USER`, default
+    /// `clawfarm-qemu`; created when missing). QEMU never runs as root.
+    pub qemu_user: String,
+    /// The egress proxy (`CLAWFARM_EGRESS_PORT`, `CLAWFARM_RUN_DIR`, `CLAWFARM_EGRESS_BIN`).
+    pub egress: crate::egress::EgressConfig,
 }
 
 impl Default for QemuConfig {
@@ -88,6 +96,8 @@ impl Default for QemuConfig {
             kvm_watchdog: Duration::from_secs(20),
             guest_ca_certs: None,
             guest_proxy: None,
+            qemu_user: confine::DEFAULT_USER.into(),
+            egress: crate::egress::EgressConfig::default(),
         }
     }
 }
@@ -143,6 +153,11 @@ impl QemuConfig {
             guest_proxy: std::env::var("CLAWFARM_GUEST_PROXY")
                 .ok()
                 .filter(|v| !v.trim().is_empty()),
+            qemu_user: std::env::var("CLAWFARM_QEMU_USER")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or(d.qemu_user),
+            egress: crate::egress::EgressConfig::from_env()?,
         })
     }
 }
@@ -157,6 +172,13 @@ impl Spawned {
     fn exited(&self) -> Option<ExitStatus> {
         *self.exit.lock().expect("exit lock")
     }
+}
+
+/// How a QEMU process is confined at spawn: its user and its cgroups.
+#[derive(Debug, Clone, Default)]
+struct Confinement {
+    user: Option<confine::QemuUser>,
+    cgroup: Option<Arc<confine::CgroupJoin>>,
 }
 
 /// Why a launch attempt failed.
@@ -327,7 +349,13 @@ impl QemuDriver {
                 }
                 None => Vec::new(),
             },
-            proxy: self.cfg.guest_proxy.clone(),
+            // Always present (whatever the policy), so a policy change needs no new seed;
+            // under `none` the proxy is unreachable (restricted network).
+            proxy: Some(crate::util::secret::Secret::new(crate::egress::proxy_url(
+                &self.cfg.egress,
+                &inst.clawid,
+                &crate::egress::ensure_token(&files.egress_token())?,
+            ))),
         };
         input.instance_id = seed::instance_id_for(&input);
         Ok(input)
@@ -365,7 +393,78 @@ impl QemuDriver {
                 })
                 .collect(),
             loadvm: loadvm.map(str::to_string),
+            restrict_net: !rec.resources.network.uses_proxy(),
         }
+    }
+
+    /// The user and cgroups of a new QEMU of `rec`; for `allow`/`open` also the host
+    /// firewall, the egress proxy and the instance's registration with it.
+    fn confinement(&self, rec: &Record) -> anyhow::Result<Confinement> {
+        let net = &rec.resources.network;
+        if net.uses_proxy()
+            && let Some(p) = &self.cfg.guest_proxy
+        {
+            // The guest's proxy is clawfarm's egress proxy; the egress proxy does not chain to
+            // another one yet, and the firewall would block a direct use of `p`.
+            let shown = p.split('@').next_back().unwrap_or(p);
+            bail!(
+                "instance {}: CLAWFARM_GUEST_PROXY ({shown}) cannot be used with network policy \
+                 {}: the guest's proxy is clawfarm's egress proxy, which does not forward \
+                 through another proxy yet (rfc/012-sandbox.md); unset CLAWFARM_GUEST_PROXY",
+                rec.clawid,
+                net.egress
+            );
+        }
+        let files = self.files(&rec.clawid);
+        let user = confine::qemu_user(&self.cfg.qemu_user)?;
+        let cgroup = match confine::CgroupFs::detect() {
+            Some(fs) => {
+                let l = confine::Limits::of(rec.resources.cpus, rec.resources.memory_mib);
+                match confine::prepare_cgroup(&fs, &rec.clawid, l) {
+                    Ok(c) => Some(Arc::new(c)),
+                    Err(e) => {
+                        // A container with a read-only cgroup tree, or clawfarm not root:
+                        // the VM starts unbounded and says so (rfc/012-sandbox.md).
+                        let msg = format!("cpu and memory are not bounded: {e:#}");
+                        tracing::warn!("instance {}: {msg}", rec.clawid);
+                        append_log(
+                            &files.qemu_log(),
+                            &format!("[{}] clawfarm: {msg}", now_rfc3339()),
+                        );
+                        None
+                    }
+                }
+            }
+            None => {
+                append_log(
+                    &files.qemu_log(),
+                    &format!(
+                        "[{}] clawfarm: no cgroup cpu and memory controllers: cpu and memory are not bounded",
+                        now_rfc3339()
+                    ),
+                );
+                None
+            }
+        };
+        if net.uses_proxy() {
+            let uid = user.map_or_else(|| rustix::process::geteuid().as_raw(), |u| u.uid);
+            crate::egress::firewall::ensure(uid, self.cfg.egress.port)?;
+            crate::egress::ensure_proxy(&self.cfg.egress)?;
+            let token = crate::egress::ensure_token(&files.egress_token())?;
+            crate::egress::register(
+                &self.cfg.egress,
+                &crate::egress::Registration {
+                    clawid: rec.clawid.clone(),
+                    events: std::path::absolute(self.home.events_log())
+                        .unwrap_or_else(|_| self.home.events_log()),
+                    token_sha256: crate::util::digest::sha256_hex(token.as_bytes()),
+                    network: net.clone(),
+                },
+            )?;
+        } else {
+            crate::egress::unregister(&self.cfg.egress, &rec.clawid);
+        }
+        Ok(Confinement { user, cgroup })
     }
 
     /// Spawn QEMU detached (own session, stdio to `qemu.log`) and wait until its QMP
@@ -377,6 +476,7 @@ impl QemuDriver {
         choice: &AccelChoice,
         ssh_port: u16,
         resume: Option<(&str, &str)>,
+        conf: &Confinement,
     ) -> Result<(Runtime, Spawned), LaunchError> {
         let files = self.files(&rec.clawid);
         let nonce = match resume {
@@ -392,6 +492,10 @@ impl QemuDriver {
                     disk.display()
                 )));
             }
+        }
+        if let Some(u) = conf.user {
+            let vols: Vec<PathBuf> = spec.volumes.iter().map(|(_, d)| d.clone()).collect();
+            confine::prepare_files(&self.home, &files, &vols, u).map_err(LaunchError::Other)?;
         }
         let args = spec.args();
         let other = |e: anyhow::Error| LaunchError::Other(e);
@@ -440,13 +544,22 @@ impl QemuDriver {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err_log));
-        // SAFETY: setsid is async-signal-safe and touches no memory of this process. A new
+        // QEMU never runs as root: std sets the groups (none), gid and uid before the
+        // pre_exec hook runs.
+        if let Some(u) = conf.user {
+            cmd.uid(u.uid).gid(u.gid);
+        }
+        let cgroup = conf.cgroup.clone();
+        // SAFETY: setsid, getpid and write are async-signal-safe and allocate nothing. A new
         // session detaches QEMU from our terminal and process group: Ctrl-C or the end of
-        // clawfarm never reaches it.
+        // clawfarm never reaches it. The cgroup files were opened before the fork.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
                     return Err(io::Error::last_os_error());
+                }
+                if let Some(cg) = &cgroup {
+                    cg.join_self()?;
                 }
                 Ok(())
             });
@@ -502,11 +615,12 @@ impl QemuDriver {
         rec: &Record,
         choice: &AccelChoice,
         resume: Option<(&str, &str)>,
+        conf: &Confinement,
     ) -> anyhow::Result<(Runtime, Spawned)> {
         let mut last = String::new();
         for _ in 0..3 {
             let port = free_port().context("cannot find a free port on 127.0.0.1")?;
-            match self.launch_once(rec, choice, port, resume).await {
+            match self.launch_once(rec, choice, port, resume, conf).await {
                 Ok(v) => return Ok(v),
                 Err(LaunchError::Other(e)) => return Err(e),
                 Err(LaunchError::Exited(st, text)) => {
@@ -543,8 +657,9 @@ impl QemuDriver {
     ) -> anyhow::Result<Runtime> {
         let files = self.files(&rec.clawid);
         clean_stale(&files);
+        let conf = self.confinement(rec)?;
         let choice = accel::choose(&self.home, self.cfg.accel, &self.cfg.qemu).await;
-        let (rt, _) = self.launch(rec, &choice, Some((tag, nonce))).await?;
+        let (rt, _) = self.launch(rec, &choice, Some((tag, nonce)), &conf).await?;
         Ok(rt)
     }
 
@@ -856,7 +971,8 @@ impl Driver for QemuDriver {
             clean_stale(&files);
         }
         let choice = accel::choose(&self.home, self.cfg.accel, &self.cfg.qemu).await;
-        let (rt, spawned) = self.launch(rec, &choice, None).await?;
+        let conf = self.confinement(rec)?;
+        let (rt, spawned) = self.launch(rec, &choice, None, &conf).await?;
         if !(choice.watch && choice.accel == Accel::Kvm) {
             return Ok(rt);
         }
@@ -883,7 +999,7 @@ impl Driver for QemuDriver {
             watch: false,
             key: choice.key.clone(),
         };
-        let (rt, _) = self.launch(rec, &tcg, None).await?;
+        let (rt, _) = self.launch(rec, &tcg, None, &conf).await?;
         Ok(rt)
     }
 
@@ -957,6 +1073,10 @@ impl Driver for QemuDriver {
 
     async fn stop(&self, rec: &Record) -> Result<StopOutcome, DriverError> {
         let outcome = self.stop_instance(rec).await?;
+        crate::egress::unregister(&self.cfg.egress, &rec.clawid);
+        if let Some(fs) = confine::CgroupFs::detect() {
+            confine::remove_cgroup(&fs, &rec.clawid);
+        }
         if !outcome.graceful() {
             tracing::warn!("instance {}: {outcome}", rec.clawid);
         } else {
@@ -974,6 +1094,10 @@ impl Driver for QemuDriver {
             );
         }
         let files = self.files(clawid);
+        crate::egress::unregister(&self.cfg.egress, clawid);
+        if let Some(fs) = confine::CgroupFs::detect() {
+            confine::remove_cgroup(&fs, clawid);
+        }
         remove_tree(&files.dir)?;
         if purge {
             remove_tree(&volumes_dir(&self.home, clawid))?;
@@ -1108,6 +1232,7 @@ impl Driver for QemuDriver {
             work,
             rec.resources.memory_mib,
             self.cfg.ready_timeout,
+            confine::qemu_user(&self.cfg.qemu_user)?,
         )
         .await?;
         let t0 = Instant::now();
@@ -1181,7 +1306,9 @@ impl Driver for QemuDriver {
         }
         let disk = volume_disk(&self.home, &rec.clawid, volume);
         let (qemu_img, dest) = (self.cfg.qemu_img.clone(), dest.to_owned());
-        tokio::task::spawn_blocking(move || disks::export_volume(&qemu_img, &disk, &dest)).await?
+        tokio::task::spawn_blocking(move || disks::export_volume(&qemu_img, &disk, &dest))
+            .await??;
+        Ok(())
     }
 }
 

@@ -111,7 +111,19 @@ pub struct SeedInput {
     pub ca_certs: Vec<String>,
     /// HTTP(S) proxy URL for the guest: apt, `/etc/environment` and every phase
     /// (`http_proxy`, `https_proxy` and the upper-case forms; `no_proxy` for loopback).
-    pub proxy: Option<String>,
+    /// The driver always sets clawfarm's egress proxy here,
+    /// `http://CLAWID:TOKEN@10.0.2.2:PORT` (`rfc/012-sandbox.md`); it carries a token.
+    pub proxy: Option<Secret>,
+}
+
+impl SeedInput {
+    /// The guest's proxy URL, trimmed (`None` when unset or blank).
+    pub fn proxy_url(&self) -> Option<&str> {
+        self.proxy
+            .as_ref()
+            .map(|p| p.expose().trim())
+            .filter(|p| !p.is_empty())
+    }
 }
 
 impl std::fmt::Debug for SeedInput {
@@ -272,9 +284,9 @@ pub fn render_params_env(input: &SeedInput) -> String {
 /// (empty when neither is set).
 pub fn guest_env(input: &SeedInput) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    if let Some(p) = input.proxy.as_deref().filter(|p| !p.trim().is_empty()) {
+    if let Some(p) = input.proxy_url() {
         for k in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"] {
-            out.push((k.to_string(), p.trim().to_string()));
+            out.push((k.to_string(), p.to_string()));
         }
         for k in ["no_proxy", "NO_PROXY"] {
             out.push((k.to_string(), "localhost,127.0.0.1,::1".to_string()));
@@ -470,8 +482,8 @@ pub fn render_user_data(input: &SeedInput) -> String {
             .expect("runcmd")
             .insert(0, json!(["update-ca-certificates"]));
     }
-    if let Some(p) = input.proxy.as_deref().filter(|p| !p.trim().is_empty()) {
-        doc["apt"] = json!({ "http_proxy": p.trim(), "https_proxy": p.trim() });
+    if let Some(p) = input.proxy_url() {
+        doc["apt"] = json!({ "http_proxy": p, "https_proxy": p });
     }
     let body = serde_json::to_string_pretty(&doc).unwrap_or_default();
     format!("#cloud-config\n{body}\n")
@@ -976,7 +988,7 @@ mod tests {
         let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
         s.ca_certs = split_pem(&format!("junk\n{pem}{pem}"));
         assert_eq!(s.ca_certs.len(), 2);
-        s.proxy = Some("http://10.0.2.2:3128".into());
+        s.proxy = Some(Secret::new("http://10.0.2.2:3128"));
         let v: serde_json::Value = serde_saphyr::from_str(&render_user_data(&s)).unwrap();
         let files = v["write_files"].as_array().unwrap();
         let ca: Vec<&serde_json::Value> = files

@@ -65,6 +65,9 @@ pub enum DesiredState {
     Running,
     /// The VM should exist but be stopped.
     Stopped,
+    /// The VM's running state should be saved and its QEMU ended; `running` later resumes
+    /// it in seconds (rfc/011). A VM that is not running is booted once to be suspended.
+    Suspended,
 }
 
 /// Where the bundle comes from.
@@ -146,6 +149,9 @@ pub struct Claw {
     pub param_locs: BTreeMap<String, SourceLoc>,
     /// `spec.volumes`.
     pub volumes: Vec<Volume>,
+    /// `spec.network` (default: no egress).
+    #[serde(default)]
+    pub network: crate::input::network::Network,
 }
 
 impl Claw {
@@ -188,8 +194,9 @@ pub const EXTENSIONS: &[&str] = &["yaml", "yml", "json"];
 const TOP_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
 const METADATA_FIELDS: &[&str] = &["name"];
 const SPEC_FIELDS: &[&str] = &[
-    "clawbox", "state", "replicas", "cpus", "memory", "ports", "params", "volumes",
+    "clawbox", "state", "replicas", "cpus", "memory", "ports", "params", "volumes", "network",
 ];
+const NETWORK_FIELDS: &[&str] = &["egress", "allow"];
 const CLAWBOX_FIELDS: &[&str] = &["url", "sha256"];
 const PORT_FIELDS: &[&str] = &["host", "guest", "name"];
 const VOLUME_FIELDS: &[&str] = &["name", "guestPath"];

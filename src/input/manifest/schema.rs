@@ -60,7 +60,7 @@ pub fn json_schema() -> serde_json::Value {
                             }
                         ]
                     },
-                    "state": {"enum": ["running", "stopped"], "default": "running"},
+                    "state": {"enum": ["running", "stopped", "suspended"], "default": "running"},
                     "replicas": {"type": "integer", "minimum": *REPLICAS_RANGE.start(), "maximum": *REPLICAS_RANGE.end(), "default": 1},
                     "cpus": {"type": "integer", "minimum": *CPUS_RANGE.start(), "maximum": *CPUS_RANGE.end(), "default": DEFAULT_CPUS},
                     "memory": {
@@ -118,6 +118,26 @@ pub fn json_schema() -> serde_json::Value {
                                 "guestPath": {"type": "string", "pattern": "^/[^\\s]*[^/\\s][^\\s]*$", "description": "Absolute guest path, not /, without .."}
                             }
                         }
+                    },
+                    "network": {
+                        "description": "What the guest may connect to (rfc/012-sandbox.md). none (default): nothing; allow: the listed destinations, through clawfarm's egress proxy; open: any public address, never the host, private ranges, link-local or other instances.",
+                        "default": "none",
+                        "oneOf": [
+                            {"enum": ["none", "open"]},
+                            {
+                                "type": "object",
+                                "additionalProperties": false,
+                                "required": ["egress"],
+                                "properties": {
+                                    "egress": {"enum": ["none", "allow", "open"]},
+                                    "allow": {
+                                        "type": "array",
+                                        "description": "host, host:port, *.suffix[:port], a public IP[:port], or 127.0.0.1:PORT (that one host loopback port). No port = 80 and 443.",
+                                        "items": {"type": "string", "minLength": 1}
+                                    }
+                                }
+                            }
+                        ]
                     }
                 }
             }

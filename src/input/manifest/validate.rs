@@ -3,6 +3,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::input::network::{AllowEntry, Egress, Network};
 
 // ---------------------------------------------------------------------------------------
 // Validation of one file.
@@ -425,6 +426,7 @@ pub(super) fn validate_doc(ctx: &mut Ctx<'_>, doc: &Node<'_>) -> (Option<Claw>, 
             params: s.params,
             param_locs: s.param_locs,
             volumes: s.volumes,
+            network: s.network,
         }),
         _ => None,
     };
@@ -443,6 +445,7 @@ pub(super) struct Spec {
     params: BTreeMap<String, ParamSource>,
     param_locs: BTreeMap<String, SourceLoc>,
     volumes: Vec<Volume>,
+    network: Network,
 }
 
 /// `spec`, validated: `None` when anything in it is wrong (the problems are in `ctx`), and
@@ -472,11 +475,12 @@ pub(super) fn validate_spec(
         Some((_, v)) => match ctx.string(v, "spec.state") {
             Some("running") => DesiredState::Running,
             Some("stopped") => DesiredState::Stopped,
+            Some("suspended") => DesiredState::Suspended,
             Some(other) => {
                 ctx.err(
                     v.pos,
                     format!(
-                        "spec.state: must be \"running\" or \"stopped\", got \"{}\"",
+                        "spec.state: must be \"running\", \"stopped\" or \"suspended\", got \"{}\"",
                         clip(other)
                     ),
                 );
@@ -533,6 +537,10 @@ pub(super) fn validate_spec(
         None => Vec::new(),
         Some((_, v)) => validate_volumes(ctx, v),
     };
+    let network = match fields.get("network") {
+        None => Network::default(),
+        Some((_, v)) => validate_network(ctx, v),
+    };
     if ctx.diags.len() != before {
         return (None, replicas);
     }
@@ -550,6 +558,7 @@ pub(super) fn validate_spec(
         params,
         param_locs,
         volumes,
+        network,
     };
     (Some(spec), replicas)
 }
@@ -719,6 +728,94 @@ pub(super) fn validate_ports(ctx: &mut Ctx<'_>, node: &Node<'_>) -> Vec<Port> {
         }
     }
     ports
+}
+
+/// `spec.network`: a word (`none`, `allow`, `open`) or `{egress, allow: [entries]}`.
+pub(super) fn validate_network(ctx: &mut Ctx<'_>, node: &Node<'_>) -> Network {
+    const PATH: &str = "spec.network";
+    let mut net = Network::default();
+    let egress_of = |ctx: &mut Ctx<'_>, v: &Node<'_>, path: &str| -> Option<Egress> {
+        let word = ctx.string(v, path)?;
+        let e = Egress::parse(word);
+        if e.is_none() {
+            ctx.err(
+                v.pos,
+                format!(
+                    "{path}: unknown policy \"{}\": use none, allow or open",
+                    clip(word)
+                ),
+            );
+        }
+        e
+    };
+    if node.scalar().is_some() {
+        if let Some(e) = egress_of(ctx, node, PATH) {
+            net.egress = e;
+            if e == Egress::Allow {
+                ctx.err(
+                    node.pos,
+                    format!("{PATH}: policy allow needs a list: {{egress: allow, allow: [host, host:port]}}"),
+                );
+            }
+        }
+        return net;
+    }
+    let Some(fields) = ctx.fields(node, PATH, NETWORK_FIELDS) else {
+        return net;
+    };
+    let egress_path = join(PATH, "egress");
+    match fields.get("egress") {
+        None => ctx.missing(node.pos, PATH, "egress"),
+        Some((_, v)) => {
+            if let Some(e) = egress_of(ctx, v, &egress_path) {
+                net.egress = e;
+            }
+        }
+    }
+    let allow_path = join(PATH, "allow");
+    let mut listed = 0;
+    if let Some((k, v)) = fields.get("allow") {
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let items = list(ctx, v, &allow_path);
+        listed = items.len();
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{allow_path}[{i}]");
+            let Some(text) = ctx.string(item, &p) else {
+                continue;
+            };
+            match AllowEntry::parse(text) {
+                Ok(e) => {
+                    let key = e.to_string();
+                    if let Some(first) = seen.get(&key) {
+                        ctx.err(
+                            item.pos,
+                            format!("{p}: \"{key}\" is already listed at {first}"),
+                        );
+                    } else {
+                        seen.insert(key, p.clone());
+                        net.allow.push(e);
+                    }
+                }
+                Err(e) => ctx.err(item.pos, format!("{p}: {e}")),
+            }
+        }
+        if net.egress == Egress::None && !net.allow.is_empty() && fields.get("egress").is_some() {
+            ctx.err(
+                k.pos,
+                format!("{allow_path}: an allow list needs egress allow or open (egress is none)"),
+            );
+        }
+    }
+    if net.egress == Egress::Allow && listed == 0 && fields.get("egress").is_some() {
+        let pos = fields.get("allow").map_or(node.pos, |(_, v)| v.pos);
+        ctx.err(
+            pos,
+            format!(
+                "{allow_path}: policy allow needs at least one entry (host, host:port or *.suffix)"
+            ),
+        );
+    }
+    net
 }
 
 pub(super) type Params = (BTreeMap<String, ParamSource>, BTreeMap<String, SourceLoc>);

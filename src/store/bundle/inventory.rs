@@ -132,6 +132,17 @@ pub struct StoredItem {
     pub complete: bool,
 }
 
+impl StoredItem {
+    /// The blobs this bundle needs that are not in the store (none for a blob).
+    pub fn missing(&self, home: &Home) -> Vec<&str> {
+        self.blobs
+            .iter()
+            .filter(|b| !home.blob(b).is_file())
+            .map(String::as_str)
+            .collect()
+    }
+}
+
 pub(super) fn tree_size(p: &Path) -> u64 {
     let Ok(m) = fs::symlink_metadata(p) else {
         return 0;

@@ -48,8 +48,18 @@ function live(state) {
   l.className = "live " + state;
 }
 
-async function act(id, name, verb) {
+async function act(id, name, verb, tag) {
   const body = {};
+  if (verb === "checkpoint") {
+    const t = prompt(`Checkpoint ${name}: tag (empty for a time-based one)`, "");
+    if (t === null) return;
+    if (t.trim() !== "") body.tag = t.trim();
+  }
+  if (verb === "restore") {
+    if (!confirm(`Restore ${name} to checkpoint ${tag}? What it did since is lost (volumes too).`)) return;
+    body.tag = tag;
+  }
+  if (verb === "suspend" && !confirm(`Suspend ${name}? Its running state is saved and its VM ends; Start resumes it.`)) return;
   if (verb === "stop" && !confirm(`Stop ${name}?`)) return;
   if (verb === "start" && !confirm(`Start ${name}?`)) return;
   if (verb === "restart" && !confirm(`Restart ${name}?`)) return;
@@ -87,8 +97,8 @@ function actions(row) {
     onclick: () => act(id, name, verb),
   });
   const box = el("span", { class: "acts" });
-  if (running) box.append(b("stop", "Stop"), b("restart", "Restart"));
-  else box.append(b("start", "Start"));
+  if (running) box.append(b("stop", "Stop"), b("restart", "Restart"), b("checkpoint", "Checkpoint"), b("suspend", "Suspend"));
+  else box.append(b("start", row.status === "suspended" ? "Resume" : "Start"));
   box.append(b("rm", "Remove", "warn"), b("purge", "Purge", "danger"));
   return box;
 }
@@ -201,6 +211,18 @@ function renderDetail(d) {
     el("tr", { class: "b-" + l.state },
       el("td", { text: l.ts || "-" }), el("td", { text: l.phase }), el("td", { text: l.state }),
       el("td", { text: l.code === null ? "" : String(l.code) }))));
+  const cks = d.checkpoints || [];
+  document.querySelector("#checkpoints tbody").replaceChildren(...cks.slice().reverse().map((c) =>
+    el("tr", { "data-tag": c.tag },
+      el("td", {}, el("code", { text: c.tag })),
+      el("td", { text: c.created_at.replace("T", " ") }),
+      el("td", { class: "num", text: bytes(c.vm_state_bytes) }),
+      el("td", { text: (c.volumes || []).join(", ") || "-" }),
+      el("td", {}, el("button", {
+        class: "btn warn", type: "button", text: "Restore", "data-act": "restore", "data-tag": c.tag,
+        onclick: () => act(r.clawid, r.name, "restore", c.tag),
+      })))));
+  document.getElementById("nocheckpoints").hidden = cks.length > 0;
   document.querySelector("#events tbody").replaceChildren(...(d.events || []).slice().reverse().map((e) =>
     el("tr", {}, el("td", { text: e.time.replace("T", " ") }), el("td", { text: e.action }),
       el("td", { text: e.result }), el("td", { text: e.message }))));
