@@ -25,7 +25,14 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   # Installing qemu-system-x86 removes a backports qemu-utils if one is present, so
   # qemu-utils is pinned to bookworm's (downgrading when needed).
-  case " ${need[*]} " in *" qemu-system-x86 "*) need+=(qemu-utils/bookworm) ;; esac
+  case " ${need[*]} " in *" qemu-system-x86 "*)
+    need+=(qemu-utils/bookworm)
+    have_utils=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+    case "$have_utils" in *bpo*)
+      echo "setup-host: NOTE: replacing qemu-utils $have_utils (backports) with bookworm's," \
+        "which qemu-system-x86 needs (a downgrade of your installed package)" >&2 ;;
+    esac ;;
+  esac
   apt-get install -y -qq --no-install-recommends --allow-downgrades "${need[@]}" >&2
 fi
 command -v qemu-img >/dev/null || {
