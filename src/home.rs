@@ -1,4 +1,5 @@
-//! The runtime root (`~/.clawfarm` by default) and the paths inside it.
+//! The runtime root (`/var/lib/clawfarm` for root, `~/.clawfarm` for others, by default)
+//! and the paths inside it.
 //!
 //! ```text
 //! <home>/
@@ -20,6 +21,10 @@ use crate::util::fsutil;
 
 /// Environment variable that overrides the runtime root.
 pub const HOME_ENV: &str = "CLAWFARM_HOME";
+
+/// The default runtime root of root (a system service's state folder, as Docker's or
+/// libvirt's): reachable by the QEMU user, unlike `/root`.
+pub const SYSTEM_HOME: &str = "/var/lib/clawfarm";
 
 /// A runtime root. Cheap to clone; all paths are derived from `root`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +55,10 @@ impl Home {
         self.read_only
     }
 
-    /// Resolve the root: explicit flag, then `$CLAWFARM_HOME`, then `~/.clawfarm`.
+    /// Resolve the root: explicit flag, then `$CLAWFARM_HOME`, then for root
+    /// [`SYSTEM_HOME`] (QEMU runs as an unprivileged user that must reach the home, and
+    /// `/root` is not searchable by others; an existing `/root/.clawfarm` of an older
+    /// clawfarm is still used), else `~/.clawfarm`.
     pub fn resolve(flag: Option<&Path>) -> io::Result<Self> {
         if let Some(p) = flag {
             return Ok(Home::new(p));
@@ -58,13 +66,18 @@ impl Home {
         if let Some(p) = std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
             return Ok(Home::new(PathBuf::from(p)));
         }
-        let h = std::env::var_os("HOME").ok_or_else(|| {
+        default_root(
+            rustix::process::geteuid().is_root(),
+            std::env::var_os("HOME").map(PathBuf::from),
+            |p| p.is_dir(),
+        )
+        .map(Home::new)
+        .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
                 "neither --home, CLAWFARM_HOME nor HOME is set",
             )
-        })?;
-        Ok(Home::new(PathBuf::from(h).join(".clawfarm")))
+        })
     }
 
     /// Create the root (0700) and its fixed sub-folders. An existing root is never
@@ -198,6 +211,22 @@ impl Home {
     }
 }
 
+/// The default root without a flag or `$CLAWFARM_HOME`: root gets [`SYSTEM_HOME`] unless
+/// `$HOME/.clawfarm` already exists (a home made by an older clawfarm); others get
+/// `$HOME/.clawfarm`.
+fn default_root(
+    is_root: bool,
+    home: Option<PathBuf>,
+    exists: impl Fn(&Path) -> bool,
+) -> Option<PathBuf> {
+    let mine = home.map(|h| h.join(".clawfarm"));
+    match mine {
+        Some(m) if !is_root || exists(&m) => Some(m),
+        _ if is_root => Some(PathBuf::from(SYSTEM_HOME)),
+        _ => None,
+    }
+}
+
 /// The scratch root of this process (see [`scratch_home`]).
 static SCRATCH: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
 
@@ -227,5 +256,35 @@ pub fn remove_scratch() {
     if let Some(dir) = taken {
         // Blobs are 0444 in 0755 folders: removal needs only the folders' permissions.
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    #[test]
+    fn default_root_for_root_and_others() {
+        let h = || Some(PathBuf::from("/root"));
+        // root: the system folder, unless an older home exists.
+        assert_eq!(
+            super::default_root(true, h(), |_| false),
+            Some(PathBuf::from(super::SYSTEM_HOME))
+        );
+        assert_eq!(
+            super::default_root(true, h(), |_| true),
+            Some(PathBuf::from("/root/.clawfarm"))
+        );
+        assert_eq!(
+            super::default_root(true, None, |_| false),
+            Some(PathBuf::from(super::SYSTEM_HOME))
+        );
+        // others: ~/.clawfarm; no HOME, no default.
+        let u = || Some(PathBuf::from("/home/u"));
+        assert_eq!(
+            super::default_root(false, u(), |_| false),
+            Some(PathBuf::from("/home/u/.clawfarm"))
+        );
+        assert_eq!(super::default_root(false, None, |_| false), None);
     }
 }

@@ -71,7 +71,8 @@ pub enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "clawfarm", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// Runtime root (default: $CLAWFARM_HOME, else ~/.clawfarm).
+    /// Runtime root (default: $CLAWFARM_HOME, else /var/lib/clawfarm for root, else
+    /// ~/.clawfarm).
     #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<PathBuf>,
     /// Log format on stderr.
