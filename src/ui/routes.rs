@@ -233,7 +233,8 @@ async fn get(ui: Arc<Ui>, req: Request<Incoming>, path: &str) -> Response<Body> 
         }
         ["i", id] if valid_id(id) => {
             let (u, id2) = (ui.clone(), id.to_string());
-            match blocking(move || views::instance_detail(&u.home, &*u.driver, &id2, &u.cpu)).await
+            match blocking(move || views::instance_detail(&u.home, &*u.driver, &id2, &u.cpu, None))
+                .await
             {
                 Ok(d) => html(StatusCode::OK, pages::instance(&csrf, &d, ui.dir.is_some())),
                 Err(e) => html(
@@ -281,7 +282,8 @@ async fn get(ui: Arc<Ui>, req: Request<Incoming>, path: &str) -> Response<Body> 
         }
         ["api", "instances", id] if valid_id(id) => {
             let (u, id2) = (ui.clone(), id.to_string());
-            match blocking(move || views::instance_detail(&u.home, &*u.driver, &id2, &u.cpu)).await
+            match blocking(move || views::instance_detail(&u.home, &*u.driver, &id2, &u.cpu, None))
+                .await
             {
                 Ok(d) => json_response(StatusCode::OK, &d),
                 Err(e) => api_error(StatusCode::NOT_FOUND, e.to_string()),
@@ -453,10 +455,11 @@ fn sse_instance(ui: Arc<Ui>, id: String) -> Response<Body> {
         let mut last = String::new();
         let mut offset = 0u64;
         let mut quiet = Duration::ZERO;
+        let mut previous: Option<views::InstanceDetail> = None;
         loop {
-            let (u, id2) = (ui.clone(), id.clone());
+            let (u, id2, prev) = (ui.clone(), id.clone(), previous.take());
             let step = blocking(move || {
-                let d = views::instance_detail(&u.home, &*u.driver, &id2, &u.cpu)?;
+                let d = views::instance_detail(&u.home, &*u.driver, &id2, &u.cpu, prev.as_ref())?;
                 let p = u
                     .driver
                     .log_path(&d.instance.row.clawid, crate::driver::LogKind::Serial);
@@ -483,6 +486,7 @@ fn sse_instance(ui: Arc<Ui>, id: String) -> Response<Body> {
                         sent = true;
                     }
                     offset = new_offset;
+                    previous = Some(d);
                 }
                 Err(e) => {
                     let _ = tx

@@ -411,11 +411,16 @@ pub struct InstanceDetail {
 }
 
 /// The detail of one instance, looked up like the CLI does (CLAWID, name or prefix).
+/// `previous` is the detail computed last time for the same viewer (the live stream): its
+/// checkpoints are reused while the instance's last event is the same (every checkpoint,
+/// restore or removal goes through an action that writes an event), so a poll does not
+/// list the disk's snapshots each time.
 pub fn instance_detail(
     home: &Home,
     driver: &dyn Driver,
     id: &str,
     cpu: &CpuSampler,
+    previous: Option<&InstanceDetail>,
 ) -> Result<InstanceDetail, observe::LookupError> {
     let rec = observe::find_record(home, id)?;
     let o = Observed::of(driver, rec.clone());
@@ -426,6 +431,12 @@ pub fn instance_detail(
         .cloned()
         .collect();
     let from = mine.len().saturating_sub(50);
+    let checkpoints = match previous {
+        Some(p) if p.instance.row.clawid == rec.clawid && p.events.last() == mine.last() => {
+            p.checkpoints.clone()
+        }
+        _ => checkpoints_of(driver, &rec),
+    };
     Ok(InstanceDetail {
         instance: instance_view(driver, &o, cpu),
         manifest: rec.manifest.as_deref().and_then(manifest_text),
@@ -434,7 +445,7 @@ pub fn instance_detail(
         boots: past_boots(&all, &rec.clawid, 10),
         events: mine[from..].to_vec(),
         conditions: rec.conditions.clone(),
-        checkpoints: checkpoints_of(driver, &rec),
+        checkpoints,
     })
 }
 
