@@ -173,13 +173,13 @@ pub fn suspend(ctx: &Ctx, args: &SuspendArgs) -> anyhow::Result<u8> {
             ids
         }
     };
+    let by = if args.all {
+        "clawfarm suspend --all"
+    } else {
+        "clawfarm suspend"
+    };
     let mut failed = 0;
     for id in &ids {
-        let by = if args.all {
-            "clawfarm suspend --all"
-        } else {
-            "clawfarm suspend"
-        };
         match rt.block_on(ops::suspend(&ctx.home, &*driver, id, by, say_waiting())) {
             Ok((r, took)) => outln!(
                 "{} suspended in {:.1}s (start resumes it)",

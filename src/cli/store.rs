@@ -90,15 +90,15 @@ pub fn import(ctx: &Ctx, args: &ImportArgs) -> anyhow::Result<u8> {
 
 /// `clawfarm images`.
 pub fn images(ctx: &Ctx, args: &ImagesArgs) -> anyhow::Result<u8> {
-    let items = crate::store::bundle::list(&ctx.home);
-    let (records, _) = Record::read_all(&ctx.home);
-    let users = crate::observe::image_users(&items, &records);
     match args.output {
         Output::Json => {
-            let rows = crate::ui::views::images(&ctx.home);
+            let rows = crate::observe::image_rows(&ctx.home);
             outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         }
         Output::Text => {
+            let items = crate::store::bundle::list(&ctx.home);
+            let (records, _) = Record::read_all(&ctx.home);
+            let users = crate::observe::image_users(&items, &records);
             let mut t =
                 vec![["KIND", "DIGEST", "NAME", "SIZE", "USED BY", "MISSING"].map(String::from)];
             for it in &items {

@@ -29,8 +29,7 @@ pub struct Observed {
 impl Observed {
     /// Probe the process `record` names and whether a suspend state is saved.
     pub fn of(driver: &dyn Driver, record: Record) -> Observed {
-        let live = driver.probe(&record);
-        let suspended = !matches!(live, Liveness::Running(_)) && driver.suspended(&record.clawid);
+        let (live, suspended) = probe(driver, &record);
         Observed {
             record,
             live,
@@ -48,8 +47,24 @@ impl Observed {
 /// instances they describe are left alone by the planner (it never sees them).
 pub fn observe(home: &Home, driver: &dyn Driver) -> (Vec<Observed>, Vec<RecordError>) {
     let (records, errors) = Record::read_all(home);
-    let observed = crate::util::par::par_map(&records, |r| Observed::of(driver, r.clone()));
+    let probed = crate::util::par::par_map(&records, |r| probe(driver, r));
+    let observed = records
+        .into_iter()
+        .zip(probed)
+        .map(|(record, (live, suspended))| Observed {
+            record,
+            live,
+            suspended,
+        })
+        .collect();
     (observed, errors)
+}
+
+/// The liveness of the process `r` names, and whether a suspend state is saved.
+fn probe(driver: &dyn Driver, r: &Record) -> (Liveness, bool) {
+    let live = driver.probe(r);
+    let suspended = !matches!(live, Liveness::Running(_)) && driver.suspended(&r.clawid);
+    (live, suspended)
 }
 
 /// Status of one observed instance (`booting`, `ready`, `unhealthy`, `stopped`, `suspended`,
@@ -265,6 +280,26 @@ pub fn find_record(home: &Home, id: &str) -> Result<Record, LookupError> {
             matches: by_prefix.iter().map(|r| r.clawid.clone()).collect(),
         }),
     }
+}
+
+/// Every stored blob and bundle with its users (`used_by`) and, for a bundle, the blobs it
+/// still misses (`missing`): the rows of `images -o json` and of the dashboard's
+/// `/api/images`.
+pub fn image_rows(home: &Home) -> Vec<serde_json::Value> {
+    let items = crate::store::bundle::list(home);
+    let (records, _) = Record::read_all(home);
+    let users = image_users(&items, &records);
+    items
+        .iter()
+        .map(|it| {
+            let mut v = serde_json::to_value(it).expect("items serialize");
+            v["used_by"] = serde_json::json!(users.get(&it.digest).cloned().unwrap_or_default());
+            if it.kind == StoredKind::Bundle {
+                v["missing"] = serde_json::json!(it.missing(home));
+            }
+            v
+        })
+        .collect()
 }
 
 /// Which instances use each stored item: a bundle by its digest, and through their

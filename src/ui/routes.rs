@@ -252,7 +252,7 @@ async fn get(ui: Arc<Ui>, req: Request<Incoming>, path: &str) -> Response<Body> 
         },
         ["images"] => {
             let u = ui.clone();
-            let items = blocking(move || views::images(&u.home)).await;
+            let items = blocking(move || crate::observe::image_rows(&u.home)).await;
             html(
                 StatusCode::OK,
                 pages::images(&csrf, &items, ui.dir.is_some()),
@@ -318,7 +318,7 @@ async fn get(ui: Arc<Ui>, req: Request<Incoming>, path: &str) -> Response<Body> 
             let u = ui.clone();
             json_response(
                 StatusCode::OK,
-                &blocking(move || views::images(&u.home)).await,
+                &blocking(move || crate::observe::image_rows(&u.home)).await,
             )
         }
         ["api", "folder"] => match folder(&ui).await {

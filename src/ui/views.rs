@@ -493,24 +493,6 @@ pub fn log_kind(name: &str) -> Option<LogKind> {
     }
 }
 
-/// One stored image and its users, as `images -o json`.
-pub fn images(home: &Home) -> Vec<serde_json::Value> {
-    let items = crate::store::bundle::list(home);
-    let (records, _) = Record::read_all(home);
-    let users = observe::image_users(&items, &records);
-    items
-        .iter()
-        .map(|it| {
-            let mut v = serde_json::to_value(it).expect("items serialize");
-            v["used_by"] = serde_json::json!(users.get(&it.digest).cloned().unwrap_or_default());
-            if it.kind == crate::store::bundle::StoredKind::Bundle {
-                v["missing"] = serde_json::json!(it.missing(home));
-            }
-            v
-        })
-        .collect()
-}
-
 /// The watched folder: the pending plan and the input problems.
 #[derive(Debug, Clone, Serialize)]
 pub struct FolderView {
